@@ -1,0 +1,245 @@
+//! Shared maps, counters and header parsing used by the tc and drop programs.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{FLOW_TABLE_ENTRIES, FlowKey, FlowStats, RING_BUF_BYTES, counter};
+
+/// All records for userspace.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
+
+/// Per-CPU counters, indexed by [`tracer_common::counter`].
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Flows whose first packet was reported; later packets are aggregated here (LRU eviction).
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowStats> =
+    LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+
+/// Adds one to counter `idx` on this CPU.
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *p += 1 };
+    }
+}
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const DNS_PORT: u16 = 53;
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// IPv6 extension headers skipped before giving up.
+pub const MAX_IPV6_EXT: usize = 4;
+
+/// Addresses, ports and offsets of one parsed packet.
+#[derive(Clone, Copy)]
+pub struct Parsed {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub ip_version: u8,
+    pub l4_proto: u8,
+    pub tcp_flags: u8,
+    /// Offset of the L4 payload from the start of the buffer being parsed.
+    pub payload_off: u32,
+    /// Length of the IP packet (from the IP header's length fields).
+    pub ip_len: u32,
+}
+
+impl Parsed {
+    #[inline(always)]
+    pub fn is_dns(&self) -> bool {
+        (self.l4_proto == IPPROTO_UDP || self.l4_proto == IPPROTO_TCP)
+            && (self.sport == DNS_PORT || self.dport == DNS_PORT)
+    }
+
+    #[inline(always)]
+    pub fn flow_key(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            l4_proto: self.l4_proto,
+            _pad: [0; 3],
+        }
+    }
+
+    #[inline(always)]
+    pub fn reverse_flow_key(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            l4_proto: self.l4_proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// The first 20 bytes of an IPv4 header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    pub ver_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub csum: [u8; 2],
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+}
+
+/// An IPv6 fixed header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6Hdr {
+    pub vtc_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// The first 14 bytes of a TCP header (ports, seq, ack, data offset, flags).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TcpHead {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub seq: [u8; 4],
+    pub ack: [u8; 4],
+    pub doff: u8,
+    pub flags: u8,
+}
+
+#[inline(always)]
+pub fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Something that can copy bytes of a packet into a local value: the tc context
+/// (`bpf_skb_load_bytes`) or a kernel pointer (`bpf_probe_read_kernel`).
+pub trait PacketReader {
+    /// Reads a `T` at `off` bytes from the start of the packet view.
+    fn read<T: Copy>(&self, off: u32) -> Option<T>;
+}
+
+/// Parses an IP packet starting at `l3` as either version; fills L4 ports and TCP flags.
+/// Returns `None` for anything that is not a first fragment of IPv4/IPv6 TCP/UDP/ICMP.
+#[inline(always)]
+pub fn parse_ip<R: PacketReader>(r: &R, l3: u32, ethertype: u16) -> Option<Parsed> {
+    let mut p = Parsed {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        ip_version: 0,
+        l4_proto: 0,
+        tcp_flags: 0,
+        payload_off: 0,
+        ip_len: 0,
+    };
+    let l4 = if ethertype == ETH_P_IP {
+        let ip: Ipv4Hdr = r.read(l3)?;
+        if ip.ver_ihl >> 4 != 4 {
+            return None;
+        }
+        // Later fragments carry no L4 header.
+        if be16(ip.frag) & 0x1fff != 0 {
+            return None;
+        }
+        let ihl = u32::from(ip.ver_ihl & 0x0f) * 4;
+        if ihl < 20 {
+            return None;
+        }
+        p.ip_version = 4;
+        p.l4_proto = ip.proto;
+        p.ip_len = u32::from(be16(ip.tot_len));
+        p.saddr[..4].copy_from_slice(&ip.saddr);
+        p.daddr[..4].copy_from_slice(&ip.daddr);
+        l3 + ihl
+    } else if ethertype == ETH_P_IPV6 {
+        let ip: Ipv6Hdr = r.read(l3)?;
+        p.ip_version = 6;
+        p.saddr = ip.saddr;
+        p.daddr = ip.daddr;
+        p.ip_len = u32::from(be16(ip.payload_len)) + 40;
+        let mut next = ip.nexthdr;
+        let mut off = l3 + 40;
+        for _ in 0..MAX_IPV6_EXT {
+            match next {
+                // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+                0 | 43 | 60 => {
+                    let ext: [u8; 2] = r.read(off)?;
+                    next = ext[0];
+                    off += (u32::from(ext[1]) + 1) * 8;
+                }
+                // Fragment header: 8 bytes; only the first fragment has the L4 header.
+                44 => {
+                    let frag: [u8; 4] = r.read(off)?;
+                    if be16([frag[2], frag[3]]) & 0xfff8 != 0 {
+                        return None;
+                    }
+                    next = frag[0];
+                    off += 8;
+                }
+                _ => break,
+            }
+        }
+        p.l4_proto = next;
+        off
+    } else {
+        return None;
+    };
+
+    match p.l4_proto {
+        IPPROTO_UDP => {
+            let ports: [u8; 4] = r.read(l4)?;
+            p.sport = be16([ports[0], ports[1]]);
+            p.dport = be16([ports[2], ports[3]]);
+            p.payload_off = l4 + 8;
+        }
+        IPPROTO_TCP => {
+            let tcp: TcpHead = r.read(l4)?;
+            p.sport = be16(tcp.sport);
+            p.dport = be16(tcp.dport);
+            p.tcp_flags = tcp.flags;
+            p.payload_off = l4 + u32::from(tcp.doff >> 4) * 4;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let icmp: [u8; 2] = r.read(l4)?;
+            p.tcp_flags = icmp[0];
+            p.sport = u16::from(icmp[1]);
+            p.payload_off = l4 + 8;
+        }
+        _ => return None,
+    }
+    Some(p)
+}
+
+/// True for ICMP "destination unreachable" (v4 type 3, v6 type 1).
+#[inline(always)]
+pub fn is_icmp_unreachable(p: &Parsed) -> bool {
+    (p.l4_proto == IPPROTO_ICMP && p.tcp_flags == 3)
+        || (p.l4_proto == IPPROTO_ICMPV6 && p.tcp_flags == 1)
+}

@@ -1,0 +1,309 @@
+//! tc classifiers. Each attachment role is its own entry point so the role costs nothing per
+//! packet: `tc_in`/`tc_out` report DNS, TCP control packets and ICMP errors; the `_track`
+//! variants (pod veths toward the node, uplinks toward the VPC) also report the first UDP packet
+//! of each tuple and aggregate the rest in `FLOWS`. Every program returns `TC_ACT_OK`: the tracer
+//! observes, it never changes what happens to a packet.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{__sk_buff, TC_ACT_OK},
+    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
+    macros::classifier,
+    programs::TcContext,
+};
+use tracer_common::{
+    DNS_CAPTURE_LEN, EventHeader, FlowStats, PacketEvent, counter, flags, hook, kind,
+};
+
+use crate::parse::{
+    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EVENTS, FLOWS, IPPROTO_TCP, IPPROTO_UDP, PacketReader,
+    Parsed, TCP_ACK, TCP_RST, TCP_SYN, be16, count, is_icmp_unreachable, parse_ip,
+};
+
+const ETH_HLEN: u32 = 14;
+
+/// An empty program: the baseline the benchmarks compare against.
+#[classifier]
+pub fn tc_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
+/// Ingress of any observed interface.
+#[classifier]
+pub fn tc_in(ctx: TcContext) -> i32 {
+    observe(&ctx, hook::TC_INGRESS, false);
+    TC_ACT_OK
+}
+
+/// Egress of any observed interface.
+#[classifier]
+pub fn tc_out(ctx: TcContext) -> i32 {
+    observe(&ctx, hook::TC_EGRESS, false);
+    TC_ACT_OK
+}
+
+/// Ingress with UDP first-packet tracking (pod veths: packets coming from the pod).
+#[classifier]
+pub fn tc_in_track(ctx: TcContext) -> i32 {
+    observe(&ctx, hook::TC_INGRESS, true);
+    TC_ACT_OK
+}
+
+/// Egress with UDP first-packet tracking (uplinks: packets leaving the node).
+#[classifier]
+pub fn tc_out_track(ctx: TcContext) -> i32 {
+    observe(&ctx, hook::TC_EGRESS, true);
+    TC_ACT_OK
+}
+
+/// The program's `__sk_buff`.
+#[inline(always)]
+fn raw(ctx: &TcContext) -> *mut __sk_buff {
+    ctx.as_ptr() as *mut __sk_buff
+}
+
+struct Skb<'a>(&'a TcContext);
+
+impl PacketReader for Skb<'_> {
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: u32) -> Option<T> {
+        self.0.load::<T>(off as usize).ok()
+    }
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, hook: u8, track_udp: bool) {
+    count(counter::TC_SEEN);
+    let skb = Skb(ctx);
+    // SAFETY: the context pointer is valid for the duration of the program.
+    let sk: &__sk_buff = unsafe { &*raw(ctx) };
+    let mut vlan: u16 = 0;
+    let mut ev_flags: u8 = 0;
+    if sk.vlan_present != 0 {
+        vlan = (sk.vlan_tci & 0x0fff) as u16;
+        ev_flags |= flags::VLAN;
+    }
+    let Some(ethertype) = skb.read::<[u8; 2]>(12) else {
+        count(counter::TC_PARSE_ERROR);
+        return;
+    };
+    let mut ethertype = be16(ethertype);
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q {
+        // Tag still in the frame (no VLAN offload): the trunk ENI case.
+        let Some(tag) = skb.read::<[u8; 4]>(14) else {
+            count(counter::TC_PARSE_ERROR);
+            return;
+        };
+        vlan = be16([tag[0], tag[1]]) & 0x0fff;
+        ev_flags |= flags::VLAN;
+        ethertype = be16([tag[2], tag[3]]);
+        l3 += 4;
+    }
+    let Some(p) = parse_ip(&skb, l3, ethertype) else {
+        return;
+    };
+
+    if p.is_dns() {
+        ev_flags |= flags::DNS;
+        if p.l4_proto == IPPROTO_TCP {
+            // DNS over TCP: report segments with payload and control segments, not bare ACKs.
+            let has_payload = l3 + p.ip_len > p.payload_off;
+            if !has_payload && p.tcp_flags & (TCP_SYN | TCP_RST) == 0 {
+                return;
+            }
+        }
+    } else if is_icmp_unreachable(&p) {
+        ev_flags |= flags::ICMP_ERROR;
+        emit_icmp(ctx, &skb, hook, &p, vlan, ev_flags);
+        return;
+    } else if p.l4_proto == IPPROTO_TCP {
+        let f = p.tcp_flags;
+        let syn_only = f & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let syn_ack = f & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
+        if !(syn_only || syn_ack || f & TCP_RST != 0) {
+            return;
+        }
+        ev_flags |= flags::FLOW;
+    } else if p.l4_proto == IPPROTO_UDP && track_udp {
+        let key = p.flow_key();
+        if let Some(stats) = FLOWS.get_ptr_mut(&key) {
+            // SAFETY: map value pointer valid during the program; racing updates only lose counts.
+            unsafe {
+                (*stats).packets += 1;
+                (*stats).bytes += u64::from(p.ip_len);
+                (*stats).last_ns = bpf_ktime_get_ns();
+            }
+            count(counter::FLOW_AGGREGATED);
+            return;
+        }
+        let stats = FlowStats {
+            packets: 0,
+            bytes: 0,
+            // SAFETY: helper without preconditions.
+            last_ns: unsafe { bpf_ktime_get_ns() },
+        };
+        if FLOWS.insert(&key, &stats, 0).is_err() {
+            count(counter::FLOW_TABLE_FULL);
+        }
+        ev_flags |= flags::FLOW;
+    } else {
+        return;
+    }
+    emit(ctx, hook, &p, l3, vlan, ev_flags);
+}
+
+#[inline(always)]
+fn header(ctx: &TcContext, hook: u8) -> EventHeader {
+    // SAFETY: the context pointer is valid for the duration of the program.
+    let ifindex = unsafe { (*raw(ctx)).ifindex };
+    EventHeader {
+        kind: kind::PACKET,
+        hook,
+        _pad: [0; 2],
+        ifindex,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// Returns `n` (known to be in 1..=256) in a form the verifier can prove non-zero and bounded:
+/// LLVM otherwise merges the range checks and the verifier sees 0..=255.
+#[inline(always)]
+pub fn verifier_len(n: u32) -> u32 {
+    // black_box hides n's known range from LLVM so the mask and add survive to the verifier.
+    ((core::hint::black_box(n).wrapping_sub(1)) & 0xff) + 1
+}
+
+/// Where the DNS message of a reported packet starts and how many bytes of it the packet holds.
+#[derive(Clone, Copy)]
+struct DnsSpan {
+    off: u32,
+    avail: u32,
+}
+
+impl DnsSpan {
+    const NONE: Self = Self { off: 0, avail: 0 };
+
+    #[inline(always)]
+    fn of(p: &Parsed, end: u32) -> Self {
+        let mut off = p.payload_off;
+        if p.l4_proto == IPPROTO_TCP {
+            off += 2; // length prefix of DNS over TCP
+        }
+        let avail = if end > off { end - off } else { 0 };
+        Self { off, avail }
+    }
+}
+
+#[inline(always)]
+fn emit(ctx: &TcContext, hook: u8, p: &Parsed, l3: u32, vlan: u16, ev_flags: u8) {
+    let dns = if ev_flags & flags::DNS != 0 {
+        DnsSpan::of(p, l3 + p.ip_len)
+    } else {
+        DnsSpan::NONE
+    };
+    write_event(ctx, hook, p, p.ip_len, vlan, ev_flags, dns, 0);
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn write_event(
+    ctx: &TcContext,
+    hook: u8,
+    p: &Parsed,
+    pkt_len: u32,
+    vlan: u16,
+    mut ev_flags: u8,
+    dns: DnsSpan,
+    icmp_inner: u16,
+) {
+    let Some(mut entry) = EVENTS.reserve::<PacketEvent>(0) else {
+        count(counter::TC_RINGBUF_FULL);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let mut dns_len = dns.avail;
+    if dns_len > DNS_CAPTURE_LEN as u32 {
+        dns_len = DNS_CAPTURE_LEN as u32;
+        ev_flags |= flags::DNS_TRUNCATED;
+    }
+    if dns_len > 0 && dns_len <= DNS_CAPTURE_LEN as u32 {
+        // SAFETY: `ev` points at a reserved PacketEvent; dns_len is within 1..=256 bytes of
+        // its `dns` array, which the verifier checks against the reservation.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                raw(ctx) as *const _,
+                dns.off,
+                (*ev).dns.as_mut_ptr() as *mut _,
+                verifier_len(dns_len),
+            )
+        };
+        if ret != 0 {
+            dns_len = 0;
+            ev_flags |= flags::DNS_TRUNCATED;
+        }
+    }
+    // SAFETY: `ev` points at a reserved, writable PacketEvent; every field is written below
+    // except the tail of `dns` past `dns_len`, which userspace does not read.
+    unsafe {
+        (*ev).header = header(ctx, hook);
+        (*ev).netns = 0;
+        (*ev).drop_reason = 0;
+        (*ev).location = 0;
+        (*ev).saddr = p.saddr;
+        (*ev).daddr = p.daddr;
+        (*ev).pkt_len = pkt_len;
+        (*ev).sport = p.sport;
+        (*ev).dport = p.dport;
+        (*ev).ip_version = p.ip_version;
+        (*ev).l4_proto = p.l4_proto;
+        (*ev).tcp_flags = p.tcp_flags;
+        (*ev).flags = ev_flags;
+        (*ev).vlan = vlan;
+        (*ev).dns_len = dns_len as u16;
+        (*ev).icmp_inner = icmp_inner;
+        (*ev)._pad = [0; 6];
+    }
+    entry.submit(0);
+    count(counter::TC_EMITTED);
+}
+
+/// Reports an ICMP destination-unreachable with the quoted packet's tuple (and the quoted DNS
+/// header when there is one), so a "port unreachable" for a DNS query joins that query's flow.
+#[inline(always)]
+fn emit_icmp(
+    ctx: &TcContext,
+    skb: &Skb<'_>,
+    hook: u8,
+    outer: &Parsed,
+    vlan: u16,
+    mut ev_flags: u8,
+) {
+    let inner_ethertype = if outer.ip_version == 4 {
+        ETH_P_IP
+    } else {
+        ETH_P_IPV6
+    };
+    let Some(mut quoted) = parse_ip(skb, outer.payload_off, inner_ethertype) else {
+        return;
+    };
+    let mut dns = DnsSpan::NONE;
+    if quoted.is_dns() {
+        ev_flags |= flags::DNS;
+        dns = DnsSpan::of(&quoted, ctx.len());
+    }
+    // Low byte: ICMP code; high byte: the ICMP protocol (1 or 58). The type goes in tcp_flags.
+    let icmp_inner = (outer.sport & 0xff) | (u16::from(outer.l4_proto) << 8);
+    quoted.tcp_flags = outer.tcp_flags;
+    write_event(
+        ctx,
+        hook,
+        &quoted,
+        outer.ip_len,
+        vlan,
+        ev_flags,
+        dns,
+        icmp_inner,
+    );
+}

@@ -1,0 +1,95 @@
+//! Command line.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+/// Per-flow verdicts for DNS and pod egress on Kubernetes nodes: where did the packet die?
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to this node's interfaces and print one JSON line per verdict (and per packet with
+    /// --events) on stdout. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN).
+    Run(RunArgs),
+}
+
+/// Options of `tracer run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Create this file once every program is attached (for scripts and tests to wait on).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Override the classification of an interface: NAME=KIND, KIND one of pod_veth, uplink,
+    /// trunk, branch_eni, other, ignore. Repeatable.
+    #[arg(long = "iface", value_name = "NAME=KIND")]
+    pub iface_overrides: Vec<String>,
+
+    /// Also print every packet event the kernel reported (JSON lines with "type":"packet").
+    #[arg(long)]
+    pub events: bool,
+
+    /// Do not load the skb:kfree_skb drop program.
+    #[arg(long)]
+    pub no_drops: bool,
+
+    /// How long a query or connection may stay open before its verdict is decided
+    /// (e.g. 5s, 1500ms). The default matches the usual resolver timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub window: Duration,
+
+    /// Node name reported in verdicts (defaults to NODE_NAME, then the host name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Interval between counter log lines on stderr.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+}
+
+/// Parses `1500ms`, `5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: expected e.g. 5s or 1500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?}: use ms, s or m")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 3600.0 {
+        return Err(format!("duration {s:?} out of range (0, 1h]"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

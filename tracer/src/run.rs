@@ -1,0 +1,203 @@
+//! `tracer run`: the daemon loop. Owns the capture, the attach manager, and the path from
+//! ring-buffer records to stdout.
+
+use std::{collections::HashSet, io::Write as _, time::Duration};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use rtnetlink::MulticastGroup;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    attach::AttachManager,
+    capture::{Capture, Counters},
+    cli::RunArgs,
+    decode::{self, NoSymbols, Symbols},
+    event::Hook,
+    iface::Classifier,
+    netns,
+};
+
+/// Userspace-side losses and skips, all counted.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct UserCounters {
+    /// Records decoded into events.
+    pub decoded: u64,
+    /// Records that failed to decode (short, unknown kind, bad fields).
+    pub decode_errors: u64,
+    /// Drops in namespaces that are not this node's (other "machines").
+    pub drops_other_node: u64,
+    /// Lines that could not be written to stdout.
+    pub write_errors: u64,
+}
+
+/// Entry point of `tracer run`.
+pub fn main(args: RunArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(args))
+}
+
+/// Namespaces whose drops count as this node's: ours and our pods'.
+struct Scope {
+    own: u32,
+    pods: HashSet<u32>,
+    unresolved: HashSet<i32>,
+}
+
+impl Scope {
+    fn contains(&self, netns: u32) -> bool {
+        netns == 0 || netns == self.own || self.pods.contains(&netns)
+    }
+
+    async fn refresh(&mut self, handle: &mut rtnetlink::Handle, mgr: &AttachManager) {
+        let wanted: HashSet<i32> = mgr.pod_peer_nsids().collect();
+        if wanted.is_subset(&self.unresolved.iter().copied().collect()) && !self.pods.is_empty() {
+            return;
+        }
+        let map = netns::resolve_nsids(handle, &wanted).await;
+        self.unresolved = wanted
+            .iter()
+            .filter(|id| !map.contains_key(id))
+            .copied()
+            .collect();
+        self.pods = map.into_values().collect();
+        tracing::debug!(
+            pods = self.pods.len(),
+            unresolved = self.unresolved.len(),
+            "node netns scope"
+        );
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let classifier = Classifier::new(&args.iface_overrides)?;
+    let own_netns = netns::own_inode().context("reading /proc/self/ns/net")?;
+    let symbols: Box<dyn Symbols> = Box::new(NoSymbols);
+
+    let mut capture = Capture::load(None).context("loading the kernel programs (are you root?)")?;
+    if !args.no_drops {
+        if let Err(err) = capture.attach_drops() {
+            tracing::warn!(%err, "drop tracing unavailable: verdicts will lack kernel drop reasons");
+        }
+    }
+
+    let (conn, mut handle, mut link_events) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).context("opening netlink")?;
+    tokio::spawn(conn);
+    let mut mgr = AttachManager::new(classifier);
+    mgr.discover(&handle, &mut capture)
+        .await
+        .context("listing interfaces")?;
+    let mut scope = Scope {
+        own: own_netns,
+        pods: HashSet::new(),
+        unresolved: HashSet::new(),
+    };
+    scope.refresh(&mut handle, &mgr).await;
+
+    let ring = capture.take_ring()?;
+    // SAFETY: the ring buffer owns its fd and outlives the registration (both dropped together).
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .context("registering the ring buffer")?;
+
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, b"ready\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    tracing::info!(interfaces = mgr.stats().attached, "tracer running");
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut stats_tick = tokio::time::interval(args.stats_interval);
+    stats_tick.tick().await;
+    let mut user = UserCounters::default();
+    let mut out = std::io::LineWriter::new(std::io::stdout());
+
+    let result: anyhow::Result<()> = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(err) => break Err(err).context("waiting on the ring buffer"),
+                };
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    let raw = match decode::read_record(&item) {
+                        Ok(raw) => raw,
+                        Err(err) => {
+                            user.decode_errors += 1;
+                            tracing::debug!(%err, "record skipped");
+                            continue;
+                        }
+                    };
+                    let ev = match decode::decode(&raw, mgr.table(), own_netns, symbols.as_ref()) {
+                        Ok(ev) => ev,
+                        Err(err) => {
+                            user.decode_errors += 1;
+                            tracing::debug!(%err, "record skipped");
+                            continue;
+                        }
+                    };
+                    user.decoded += 1;
+                    if ev.hook == Hook::Drop
+                        && ev.drop.as_ref().is_some_and(|d| !scope.contains(d.netns))
+                    {
+                        user.drops_other_node += 1;
+                        continue;
+                    }
+                    if args.events {
+                        let mut line = serde_json::json!({ "type": "packet" });
+                        if let (Some(obj), Ok(serde_json::Value::Object(ev))) =
+                            (line.as_object_mut(), serde_json::to_value(&ev))
+                        {
+                            obj.extend(ev);
+                        }
+                        if writeln!(out, "{line}").is_err() {
+                            user.write_errors += 1;
+                        }
+                    }
+                }
+                guard.clear_ready();
+            }
+            msg = link_events.next() => {
+                match msg {
+                    Some((msg, _)) => {
+                        mgr.on_message(&msg, &mut capture);
+                        scope.refresh(&mut handle, &mgr).await;
+                    }
+                    None => break Err(anyhow::anyhow!("netlink link notifications ended")),
+                }
+            }
+            _ = stats_tick.tick() => log_counters(&capture, &mgr, &user),
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+        }
+    };
+    mgr.detach_all(&mut capture);
+    log_counters(&capture, &mgr, &user);
+    if let Some(path) = &args.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn log_counters(capture: &Capture, mgr: &AttachManager, user: &UserCounters) {
+    let kernel = capture.counters().unwrap_or_else(|err| {
+        tracing::warn!(%err, "reading kernel counters");
+        Counters::default()
+    });
+    tracing::info!(
+        kernel = %serde_json::to_string(&kernel).unwrap_or_default(),
+        user = %serde_json::to_string(user).unwrap_or_default(),
+        attach = %serde_json::to_string(&mgr.stats()).unwrap_or_default(),
+        "counters"
+    );
+}
+
+#[allow(dead_code)]
+const _: Duration = Duration::from_secs(0);

@@ -1,0 +1,3 @@
+//! Library side of `cargo xtask`: the lab used by the demo, the integration tests and benchmarks.
+
+pub mod lab;
