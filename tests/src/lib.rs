@@ -1,1 +1,38 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the privileged integration tests.
+//!
+//! Every test here runs the real tracer binary (loaded into the real kernel) inside the lab's
+//! node A namespace while real DNS servers answer real queries sent with `dig` from pod
+//! namespaces. They need root; under CI (`CI=true`) a test that cannot run fails.
+
+use std::time::Duration;
+
+pub use xtask::lab;
+pub use xtask::tracer::TracerProcess;
+
+/// True when the tests can run (root). Outside CI a non-root run skips with a message; under
+/// CI it panics, so a machine that cannot run the privileged tests turns the run red.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
+        panic!("privileged test cannot run: not root (CI=true requires it to run)");
+    }
+    eprintln!("SKIPPED: needs root (set CI=true to make this a failure)");
+    false
+}
+
+/// Runs `dig` inside a pod namespace and returns its stdout.
+pub fn dig(ns: &str, args: &[&str]) -> String {
+    let mut argv = vec!["dig", "+time=1", "+tries=1"];
+    argv.extend_from_slice(args);
+    match lab::exec_in(ns, &argv) {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => panic!("dig in {ns} failed to run: {e:#}"),
+    }
+}
+
+/// Default wait for an expected line.
+pub const WAIT: Duration = Duration::from_secs(10);

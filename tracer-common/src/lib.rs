@@ -102,9 +102,17 @@ pub struct PacketEvent {
     pub dns: [u8; DNS_CAPTURE_LEN],
 }
 
+/// CPUs whose tc "seen" count lives in the cheap `.bss` slots (others use [`counter::TC_SEEN`]).
+pub const SEEN_MAX_CPUS: usize = 512;
+/// u64 slots per CPU in the `.bss` seen counters (one 64-byte cache line, no false sharing).
+pub const SEEN_STRIDE: usize = 8;
+/// Length of the `.bss` seen-counter array.
+pub const SEEN_SLOTS: usize = SEEN_MAX_CPUS * SEEN_STRIDE;
+
 /// Indexes of the per-CPU counters in the `COUNTERS` map. Userspace sums over CPUs.
 pub mod counter {
-    /// Packets that entered a tc program.
+    /// Packets that entered a tc program on CPUs beyond [`crate::SEEN_MAX_CPUS`] (the others
+    /// are counted in the `.bss` array `TC_SEEN_PER_CPU`).
     pub const TC_SEEN: u32 = 0;
     /// Packets reported by a tc program.
     pub const TC_EMITTED: u32 = 1;

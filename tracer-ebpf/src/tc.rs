@@ -17,7 +17,7 @@ use tracer_common::{
 
 use crate::parse::{
     ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EVENTS, FLOWS, IPPROTO_TCP, IPPROTO_UDP, PacketReader,
-    Parsed, TCP_ACK, TCP_RST, TCP_SYN, be16, count, is_icmp_unreachable, parse_ip,
+    Parsed, TCP_ACK, TCP_RST, TCP_SYN, be16, count, count_seen, is_icmp_unreachable, parse_ip,
 };
 
 const ETH_HLEN: u32 = 14;
@@ -65,15 +65,25 @@ fn raw(ctx: &TcContext) -> *mut __sk_buff {
 struct Skb<'a>(&'a TcContext);
 
 impl PacketReader for Skb<'_> {
+    /// Direct packet access when the bytes are in the linear area (headers nearly always are),
+    /// `bpf_skb_load_bytes` otherwise.
     #[inline(always)]
     fn read<T: Copy>(&self, off: u32) -> Option<T> {
+        let start = self.0.data();
+        let end = self.0.data_end();
+        let at = start + off as usize;
+        if at + core::mem::size_of::<T>() <= end {
+            // SAFETY: bounds checked against data_end just above; T is a byte array or a
+            // repr(C) struct of byte arrays (alignment 1).
+            return Some(unsafe { (at as *const T).read_unaligned() });
+        }
         self.0.load::<T>(off as usize).ok()
     }
 }
 
 #[inline(always)]
 fn observe(ctx: &TcContext, hook: u8, track_udp: bool) {
-    count(counter::TC_SEEN);
+    count_seen();
     let skb = Skb(ctx);
     // SAFETY: the context pointer is valid for the duration of the program.
     let sk: &__sk_buff = unsafe { &*raw(ctx) };

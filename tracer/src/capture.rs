@@ -4,13 +4,13 @@
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, SchedClassifier, TcAttachType,
         tc::{SchedClassifierLinkId, TcAttach},
     },
 };
-use tracer_common::{KernelOffsets, counter};
+use tracer_common::{KernelOffsets, SEEN_SLOTS, counter};
 
 /// Object file of the kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -233,8 +233,19 @@ impl Capture {
                 source,
             })?;
         let get = |i: u32| -> u64 { arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        let bss_seen = match self
+            .ebpf
+            .map(".bss")
+            .map(Array::<_, [u64; SEEN_SLOTS]>::try_from)
+        {
+            Some(Ok(bss)) => bss
+                .get(&0, 0)
+                .map(|slots| slots.iter().sum::<u64>())
+                .unwrap_or(0),
+            _ => 0,
+        };
         Ok(Counters {
-            tc_seen: get(counter::TC_SEEN),
+            tc_seen: get(counter::TC_SEEN) + bss_seen,
             tc_emitted: get(counter::TC_EMITTED),
             tc_ringbuf_full: get(counter::TC_RINGBUF_FULL),
             tc_parse_error: get(counter::TC_PARSE_ERROR),

@@ -19,6 +19,13 @@ pub enum Command {
     /// Attach to this node's interfaces and print one JSON line per verdict (and per packet with
     /// --events) on stdout. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN).
     Run(RunArgs),
+    /// Measure the kernel programs' cost per packet with BPF_PROG_TEST_RUN (needs root).
+    #[command(hide = true)]
+    Bench {
+        /// Packets per case.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u32,
+    },
 }
 
 /// Options of `tracer run`.

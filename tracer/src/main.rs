@@ -1,12 +1,14 @@
 //! tracer: per-flow verdicts for DNS and pod egress on Kubernetes nodes.
 
 mod attach;
+mod bench;
 mod capture;
 mod cli;
 mod decode;
 mod dns;
 mod event;
 mod iface;
+mod kernel;
 mod netns;
 mod run;
 
@@ -23,6 +25,7 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Run(args) => run::main(args),
+        cli::Command::Bench { packets } => bench::main(packets),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

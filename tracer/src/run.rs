@@ -18,7 +18,7 @@ use crate::{
     decode::{self, NoSymbols, Symbols},
     event::Hook,
     iface::Classifier,
-    netns,
+    kernel, netns,
 };
 
 /// Userspace-side losses and skips, all counted.
@@ -78,10 +78,11 @@ impl Scope {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let classifier = Classifier::new(&args.iface_overrides)?;
     let own_netns = netns::own_inode().context("reading /proc/self/ns/net")?;
-    let symbols: Box<dyn Symbols> = Box::new(NoSymbols);
+    let (offsets, symbols) = kernel_facts(args.no_drops);
 
-    let mut capture = Capture::load(None).context("loading the kernel programs (are you root?)")?;
-    if !args.no_drops {
+    let mut capture =
+        Capture::load(offsets).context("loading the kernel programs (are you root?)")?;
+    if !args.no_drops && offsets.is_some() {
         if let Err(err) = capture.attach_drops() {
             tracing::warn!(%err, "drop tracing unavailable: verdicts will lack kernel drop reasons");
         }
@@ -184,6 +185,67 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Drop reason names and kernel symbols of the running kernel.
+struct KernelSymbols {
+    reasons: Option<kernel::btf::DropReasons>,
+    ksyms: Option<kernel::ksyms::Ksyms>,
+}
+
+impl Symbols for KernelSymbols {
+    fn reason(&self, value: u32) -> String {
+        match &self.reasons {
+            Some(r) => r.name(value),
+            None => NoSymbols.reason(value),
+        }
+    }
+    fn location(&self, addr: u64) -> String {
+        match &self.ksyms {
+            Some(k) => k.symbolize(addr),
+            None => NoSymbols.location(addr),
+        }
+    }
+}
+
+/// Reads the kernel's BTF (struct offsets for the drop program, drop reason names) and
+/// /proc/kallsyms. Each part that fails is logged and degrades the output, never the run.
+fn kernel_facts(no_drops: bool) -> (Option<tracer_common::KernelOffsets>, Box<dyn Symbols>) {
+    let btf = match kernel::btf::load_vmlinux() {
+        Ok(btf) => Some(btf),
+        Err(err) => {
+            tracing::warn!(%err, "no kernel BTF: drop reasons will be numbers, drops not traced");
+            None
+        }
+    };
+    let offsets = match (&btf, no_drops) {
+        (Some(btf), false) => match kernel::btf::kernel_offsets(btf) {
+            Ok(o) => Some(o),
+            Err(err) => {
+                tracing::warn!(%err, "kernel struct layout not understood: drops not traced");
+                None
+            }
+        },
+        _ => None,
+    };
+    let reasons = btf.as_ref().and_then(|btf| {
+        kernel::btf::DropReasons::from_running_kernel(btf)
+            .map_err(|err| tracing::warn!(%err, "drop reason names unavailable"))
+            .ok()
+    });
+    drop(btf);
+    let ksyms = match kernel::ksyms::Ksyms::load() {
+        Ok(k) if k.is_usable() => Some(k),
+        Ok(_) => {
+            tracing::warn!("/proc/kallsyms hides addresses: drop locations will be hex");
+            None
+        }
+        Err(err) => {
+            tracing::warn!(%err, "/proc/kallsyms unreadable: drop locations will be hex");
+            None
+        }
+    };
+    (offsets, Box::new(KernelSymbols { reasons, ksyms }))
 }
 
 fn log_counters(capture: &Capture, mgr: &AttachManager, user: &UserCounters) {
