@@ -84,10 +84,10 @@ fn addr(version: u8, raw: [u8; 16]) -> Result<IpAddr, DecodeError> {
 pub fn tcp_flags_text(f: u8) -> String {
     const NAMES: [(u8, &str); 6] = [
         (0x02, "SYN"),
-        (0x10, "ACK"),
         (0x04, "RST"),
         (0x01, "FIN"),
         (0x08, "PSH"),
+        (0x10, "ACK"),
         (0x20, "URG"),
     ];
     let parts: Vec<&str> = NAMES
