@@ -10,7 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 
-use crate::capture::{Capture, TcProgram};
+use crate::{
+    capture::{Capture, TcProgram},
+    packets::{dns_message, eth_ipv4, tcp, udp},
+};
 
 /// Packets per BPF_PROG_TEST_RUN call (below what fills the ring buffer).
 const BATCH: u32 = 4_000;
@@ -20,67 +23,6 @@ struct Case {
     name: &'static str,
     prog: TcProgram,
     packet: Vec<u8>,
-}
-
-fn eth_ipv4(proto: u8, l4: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    let total = 20 + l4.len();
-    p.extend_from_slice(&[
-        0x45,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0,
-        1,
-        0x40,
-        0,
-        64,
-        proto,
-        0,
-        0,
-    ]);
-    p.extend_from_slice(&[198, 18, 1, 21, 198, 19, 0, 10]);
-    p.extend_from_slice(l4);
-    p
-}
-
-fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let len = 8 + payload.len();
-    let mut u = Vec::with_capacity(len);
-    u.extend_from_slice(&sport.to_be_bytes());
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&(len as u16).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(payload);
-    u
-}
-
-fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut t = Vec::new();
-    t.extend_from_slice(&sport.to_be_bytes());
-    t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    t.extend_from_slice(payload);
-    t
-}
-
-fn dns_message(response: bool) -> Vec<u8> {
-    let mut m = vec![
-        0x12,
-        0x34,
-        if response { 0x81 } else { 0x01 },
-        if response { 0x80 } else { 0 },
-    ];
-    m.extend_from_slice(&[0, 1, 0, u8::from(response), 0, 0, 0, 0]);
-    for label in ["kubernetes", "default", "svc", "cluster", "local"] {
-        m.push(label.len() as u8);
-        m.extend_from_slice(label.as_bytes());
-    }
-    m.extend_from_slice(&[0, 0, 1, 0, 1]);
-    if response {
-        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 198, 19, 0, 1]);
-    }
-    m
 }
 
 fn cases() -> Vec<Case> {

@@ -9,7 +9,10 @@ mod dns;
 mod event;
 mod iface;
 mod kernel;
+#[cfg(test)]
+mod kernel_tests;
 mod netns;
+mod packets;
 mod run;
 
 use clap::Parser as _;
