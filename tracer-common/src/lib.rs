@@ -216,7 +216,7 @@ const _: () = {
         core::mem::size_of::<PacketEvent>()
             == 16 + 16 + 32 + 4 + 4 + 4 + 2 + 2 + 2 + 6 + DNS_CAPTURE_LEN
     );
-    assert!(core::mem::size_of::<PacketEvent>() % 8 == 0);
+    assert!(core::mem::size_of::<PacketEvent>().is_multiple_of(8));
     assert!(core::mem::size_of::<KernelOffsets>() == 48);
     assert!(core::mem::size_of::<FlowKey>() == 40);
 };

@@ -201,7 +201,7 @@ impl DnsSpan {
         if p.l4_proto == IPPROTO_TCP {
             off += 2; // length prefix of DNS over TCP
         }
-        let avail = if end > off { end - off } else { 0 };
+        let avail = end.saturating_sub(off);
         Self { off, avail }
     }
 }

@@ -151,10 +151,10 @@ impl AttachManager {
         if self.table.lookup(facts.index) != iface && self.attached.contains_key(&facts.index) {
             self.on_del_link(facts.index, capture);
         }
-        if kind == IfaceKind::PodVeth {
-            if let Some(nsid) = facts.peer_nsid {
-                self.pod_peer_nsid.insert(facts.index, nsid);
-            }
+        if kind == IfaceKind::PodVeth
+            && let Some(nsid) = facts.peer_nsid
+        {
+            self.pod_peer_nsid.insert(facts.index, nsid);
         }
         self.table.insert(iface);
         if decision == Decision::Ignore || self.attached.contains_key(&facts.index) {

@@ -134,10 +134,3 @@ pub struct PacketEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop: Option<DropInfo>,
 }
-
-impl PacketEvent {
-    /// True when the packet is DNS (port 53 on either side).
-    pub fn is_dns(&self) -> bool {
-        self.sport == 53 || self.dport == 53
-    }
-}

@@ -12,7 +12,6 @@ use crate::event::{Iface, IfaceKind};
 #[derive(Clone, Debug, Default)]
 pub struct Classifier {
     overrides: HashMap<String, IfaceKind>,
-    trunk: Option<String>,
 }
 
 /// A bad `--iface NAME=KIND` override.
@@ -51,15 +50,7 @@ impl Classifier {
             }
             map.insert(name.to_owned(), kind);
         }
-        Ok(Self {
-            overrides: map,
-            trunk: None,
-        })
-    }
-
-    /// Names the trunk ENI (the parent of the branch-ENI VLANs), when known.
-    pub fn set_trunk(&mut self, name: Option<String>) {
-        self.trunk = name;
+        Ok(Self { overrides: map })
     }
 
     /// Classifies an interface by name and link kind (`veth`, `vlan`, `loopback`, ...).
@@ -72,9 +63,6 @@ impl Classifier {
         }
         if branch_vlan(name).is_some() {
             return IfaceKind::BranchEni;
-        }
-        if self.trunk.as_deref() == Some(name) {
-            return IfaceKind::Trunk;
         }
         const POD_PREFIXES: [&str; 6] = ["eni", "vlan", "cali", "lxc", "veth", "gke"];
         if POD_PREFIXES.iter().any(|p| name.starts_with(p)) && link_kind != Some("vlan") {
@@ -142,11 +130,6 @@ impl IfaceTable {
             vlan: None,
         }
     }
-
-    /// Live interfaces.
-    pub fn live(&self) -> impl Iterator<Item = &Iface> {
-        self.live.values()
-    }
 }
 
 #[cfg(test)]
@@ -177,8 +160,8 @@ mod tests {
     }
 
     #[test]
-    fn overrides_and_trunk() {
-        let mut c = Classifier::new(&[
+    fn overrides() {
+        let c = Classifier::new(&[
             "eth1=trunk".into(),
             "br0=uplink".into(),
             "eth9=ignore".into(),
@@ -187,8 +170,6 @@ mod tests {
         assert_eq!(c.classify("eth1", None), IfaceKind::Trunk);
         assert_eq!(c.classify("br0", Some("bridge")), IfaceKind::Uplink);
         assert_eq!(c.decide("eth9", None), Decision::Ignore);
-        c.set_trunk(Some("eth2".into()));
-        assert_eq!(c.classify("eth2", None), IfaceKind::Trunk);
         assert!(Classifier::new(&["eth0".into()]).is_err());
         assert!(Classifier::new(&["eth0=router".into()]).is_err());
         assert!(Classifier::new(&["=uplink".into()]).is_err());

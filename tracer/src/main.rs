@@ -20,6 +20,7 @@ use clap::Parser as _;
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

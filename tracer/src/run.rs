@@ -82,10 +82,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut capture =
         Capture::load(offsets).context("loading the kernel programs (are you root?)")?;
-    if !args.no_drops && offsets.is_some() {
-        if let Err(err) = capture.attach_drops() {
-            tracing::warn!(%err, "drop tracing unavailable: verdicts will lack kernel drop reasons");
-        }
+    if !args.no_drops
+        && offsets.is_some()
+        && let Err(err) = capture.attach_drops()
+    {
+        tracing::warn!(%err, "drop tracing unavailable: verdicts will lack kernel drop reasons");
     }
 
     let (conn, mut handle, mut link_events) =
@@ -116,6 +117,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut stats_tick = tokio::time::interval(args.stats_interval);
     stats_tick.tick().await;
+    // Losses are checked often: verdicts of flows open while records were lost are marked.
+    let mut loss_tick = tokio::time::interval(Duration::from_millis(200));
+    let mut lost_before = capture.counters().map(|c| c.lost()).unwrap_or(0);
     let mut user = UserCounters::default();
     let mut out = std::io::LineWriter::new(std::io::stdout());
 
@@ -172,6 +176,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         scope.refresh(&mut handle, &mgr).await;
                     }
                     None => break Err(anyhow::anyhow!("netlink link notifications ended")),
+                }
+            }
+            _ = loss_tick.tick() => {
+                let lost = capture.counters().map(|c| c.lost()).unwrap_or(lost_before);
+                if lost > lost_before {
+                    tracing::warn!(lost = lost - lost_before, total = lost, "kernel records lost: ring buffer full");
+                    lost_before = lost;
                 }
             }
             _ = stats_tick.tick() => log_counters(&capture, &mgr, &user),
@@ -260,6 +271,3 @@ fn log_counters(capture: &Capture, mgr: &AttachManager, user: &UserCounters) {
         "counters"
     );
 }
-
-#[allow(dead_code)]
-const _: Duration = Duration::from_secs(0);

@@ -23,6 +23,15 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (root): per-packet cost of the kernel programs via BPF_PROG_TEST_RUN, as
+    /// figures and as ratios to an empty program measured in the same run.
+    Bench {
+        /// Packets per case.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u32,
+    },
+    /// Static checks: rustfmt, clippy on userspace crates, clippy on the eBPF crate.
+    Lint,
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -38,14 +47,66 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Clippy on the eBPF crate alone, for the BPF target (feature unification with userspace
+/// crates would otherwise drag std dependencies in).
+fn lint_ebpf() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Process::new(&cargo)
+        .args([
+            "clippy",
+            "-p",
+            "tracer-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--bins",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("RUSTC_BOOTSTRAP", "1")
+        .current_dir(xtask::tracer::workspace_root())
+        .status()
+        .context("running clippy on tracer-ebpf")?;
+    if !status.success() {
+        bail!("clippy on tracer-ebpf failed ({status})");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Lab(cmd) => xtask::lab::run(cmd),
         Command::Test { args } => {
             cargo(&["build", "-p", "tracer"])?;
-            let mut test = vec!["test", "--workspace"];
+            let mut test = vec!["test", "--workspace", "--exclude", "tracer-ebpf"];
             test.extend(args.iter().map(String::as_str));
             cargo(&test)
+        }
+        Command::Bench { packets } => {
+            cargo(&["build", "--release", "-p", "tracer"])?;
+            let bin = xtask::tracer::workspace_root().join("target/release/tracer");
+            let status = Process::new(&bin)
+                .args(["bench", "--packets", &packets.to_string()])
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            if !status.success() {
+                bail!("benchmark failed ({status})");
+            }
+            Ok(())
+        }
+        Command::Lint => {
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            lint_ebpf()
         }
     }
 }
