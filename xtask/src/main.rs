@@ -47,6 +47,50 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cargo test`, echoing its output, and closes with one summary line over every test
+/// binary (`N passed, N failed, N skipped`): cargo's own last line belongs to the last binary
+/// only, often a doc-test run with nothing in it.
+fn cargo_test(args: &[&str]) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Process::new(&cargo)
+        .args(args)
+        .current_dir(xtask::tracer::workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(';') {
+                    let mut words = part
+                        .split_whitespace()
+                        .filter(|w| *w != "ok." && *w != "FAILED.");
+                    if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                        let n: u64 = n.parse().unwrap_or(0);
+                        match what {
+                            "passed" => passed += n,
+                            "failed" => failed += n,
+                            "ignored" => ignored += n,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("\ntest summary over all test binaries:");
+    println!("{passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
 /// Clippy on the eBPF crate alone, for the BPF target (feature unification with userspace
 /// crates would otherwise drag std dependencies in).
 fn lint_ebpf() -> Result<()> {
@@ -82,7 +126,7 @@ fn main() -> Result<()> {
             cargo(&["build", "-p", "tracer"])?;
             let mut test = vec!["test", "--workspace", "--exclude", "tracer-ebpf"];
             test.extend(args.iter().map(String::as_str));
-            cargo(&test)
+            cargo_test(&test)
         }
         Command::Bench { packets } => {
             cargo(&["build", "--release", "-p", "tracer"])?;
