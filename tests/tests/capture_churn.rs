@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde_json::Value;
 use tracer_tests::{TracerProcess, WAIT, dig, lab, privileged};
 
 const CHURN_NS: &str = "trl-a-churn";
@@ -52,6 +53,26 @@ fn add_pod(name: &str) -> String {
     veth
 }
 
+/// Loaded programs with the tracer's program names (`bpftool prog show -j`).
+fn our_programs() -> Vec<Value> {
+    const NAMES: [&str; 6] = [
+        "tc_in",
+        "tc_out",
+        "tc_in_track",
+        "tc_out_track",
+        "kfree_skb",
+        "tc_empty",
+    ];
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool runs");
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    all.into_iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| NAMES.contains(&n)))
+        .collect()
+}
+
 fn del_pod(veth: &str) {
     sh(lab::NS_NODE_A, &format!("ip link del {veth}"));
 }
@@ -81,6 +102,10 @@ fn new_and_recreated_pod_veths_are_captured_and_nothing_is_left() {
     }
     let _guard = lab::LabGuard::up().expect("lab up");
     lab::pin(lab::Pin::A).expect("pin a");
+    let before: Vec<Value> = our_programs()
+        .into_iter()
+        .map(|p| p["id"].clone())
+        .collect();
     let mut tracer = TracerProcess::start(lab::NS_NODE_A, &["--events"]).expect("tracer");
 
     for round in 1..=2 {
@@ -125,27 +150,13 @@ fn new_and_recreated_pod_veths_are_captured_and_nothing_is_left() {
         "clean exit: {status}\n{}",
         tracer.stderr()
     );
-    // Nothing left: no tracer program in the kernel, no tc/tcx attachment in node A.
-    let progs = std::process::Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool");
-    let progs = String::from_utf8_lossy(&progs.stdout);
-    for name in [
-        "tc_in",
-        "tc_out",
-        "tc_in_track",
-        "tc_out_track",
-        "kfree_skb",
-        "tc_empty",
-    ] {
-        assert!(
-            !progs
-                .lines()
-                .any(|l| l.split_whitespace().any(|w| w == name)),
-            "program {name} still loaded:\n{progs}"
-        );
-    }
+    // Nothing left: no program of ours that no process holds (a leaked tc filter or link would
+    // keep one alive), and no tc/tcx attachment in node A.
+    let leaked: Vec<Value> = our_programs()
+        .into_iter()
+        .filter(|p| !before.contains(&p["id"]) && p.get("pids").is_none())
+        .collect();
+    assert!(leaked.is_empty(), "programs left loaded: {leaked:#?}");
     let net = lab::exec_in(lab::NS_NODE_A, &["bpftool", "net", "show"]).expect("bpftool net");
     let net = String::from_utf8_lossy(&net.stdout);
     assert!(!net.contains("tc_"), "attachments left in node A:\n{net}");

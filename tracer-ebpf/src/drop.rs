@@ -174,7 +174,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
         (*ev).icmp_inner = 0;
         (*ev)._pad = [0; 6];
     }
-    entry.submit(0);
+    entry.submit(crate::parse::submit_flags());
     count(counter::DROP_EMITTED);
     Some(())
 }

@@ -45,6 +45,28 @@ pub fn count_seen() {
     }
 }
 
+/// Unread bytes in the ring buffer above which a submit wakes the reader. Below it records
+/// are submitted without a wakeup and the reader drains on its own timer (every few ms): one
+/// wakeup per batch instead of one per packet.
+pub const WAKEUP_BYTES: u64 = 64 * 1024;
+
+/// Submit flags for a record (already reserved, so counted in the unread data): wake the reader
+/// only once a batch has accumulated.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    // Wake only when this record takes the unread data across the threshold: one wakeup per
+    // batch. A reader that is behind is not woken again and again (each wakeup costs µs);
+    // it drains on its timer.
+    let avail = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let rec = core::mem::size_of::<tracer_common::PacketEvent>() as u64 + 8;
+    if avail >= WAKEUP_BYTES && avail < WAKEUP_BYTES + rec {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
+
 /// Adds one to counter `idx` on this CPU.
 #[inline(always)]
 pub fn count(idx: u32) {

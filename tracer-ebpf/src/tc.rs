@@ -275,7 +275,7 @@ fn write_event(
         (*ev).icmp_inner = icmp_inner;
         (*ev)._pad = [0; 6];
     }
-    entry.submit(0);
+    entry.submit(crate::parse::submit_flags());
     count(counter::TC_EMITTED);
 }
 

@@ -34,6 +34,56 @@ pub struct UserCounters {
     pub write_errors: u64,
 }
 
+/// How often the ring buffer is drained when the kernel has not woken us (it wakes the reader
+/// only once [`tracer_common`]'s batch threshold of unread bytes is reached).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Decodes one ring-buffer record and writes what it yields; every skip is counted.
+#[allow(clippy::too_many_arguments)]
+fn handle_record(
+    item: &[u8],
+    mgr: &AttachManager,
+    own_netns: u32,
+    symbols: &dyn Symbols,
+    scope: &Scope,
+    user: &mut UserCounters,
+    out: &mut impl std::io::Write,
+    events: bool,
+) {
+    let raw = match decode::read_record(item) {
+        Ok(raw) => raw,
+        Err(err) => {
+            user.decode_errors += 1;
+            tracing::debug!(%err, "record skipped");
+            return;
+        }
+    };
+    let ev = match decode::decode(&raw, mgr.table(), own_netns, symbols) {
+        Ok(ev) => ev,
+        Err(err) => {
+            user.decode_errors += 1;
+            tracing::debug!(%err, "record skipped");
+            return;
+        }
+    };
+    user.decoded += 1;
+    if ev.hook == Hook::Drop && ev.drop.as_ref().is_some_and(|d| !scope.contains(d.netns)) {
+        user.drops_other_node += 1;
+        return;
+    }
+    if events {
+        let mut line = serde_json::json!({ "type": "packet" });
+        if let (Some(obj), Ok(serde_json::Value::Object(ev))) =
+            (line.as_object_mut(), serde_json::to_value(&ev))
+        {
+            obj.extend(ev);
+        }
+        if writeln!(out, "{line}").is_err() {
+            user.write_errors += 1;
+        }
+    }
+}
+
 /// Entry point of `tracer run`.
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -113,6 +163,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!(interfaces = mgr.stats().attached, "tracer running");
 
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut stats_tick = tokio::time::interval(args.stats_interval);
@@ -121,10 +173,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut loss_tick = tokio::time::interval(Duration::from_millis(200));
     let mut lost_before = capture.counters().map(|c| c.lost()).unwrap_or(0);
     let mut user = UserCounters::default();
-    let mut out = std::io::LineWriter::new(std::io::stdout());
+    // Buffered: flushed after every batch of records, not per line.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
 
     let result: anyhow::Result<()> = loop {
         tokio::select! {
+            _ = drain_tick.tick() => {
+                // Records below the kernel's wake-up threshold are collected here.
+                let rb = ring.get_mut();
+                while let Some(item) = rb.next() {
+                    handle_record(&item, &mgr, own_netns, symbols.as_ref(), &scope, &mut user, &mut out, args.events);
+                }
+                if out.flush().is_err() {
+                    user.write_errors += 1;
+                }
+            }
             guard = ring.readable_mut() => {
                 let mut guard = match guard {
                     Ok(g) => g,
@@ -132,40 +195,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 };
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    let raw = match decode::read_record(&item) {
-                        Ok(raw) => raw,
-                        Err(err) => {
-                            user.decode_errors += 1;
-                            tracing::debug!(%err, "record skipped");
-                            continue;
-                        }
-                    };
-                    let ev = match decode::decode(&raw, mgr.table(), own_netns, symbols.as_ref()) {
-                        Ok(ev) => ev,
-                        Err(err) => {
-                            user.decode_errors += 1;
-                            tracing::debug!(%err, "record skipped");
-                            continue;
-                        }
-                    };
-                    user.decoded += 1;
-                    if ev.hook == Hook::Drop
-                        && ev.drop.as_ref().is_some_and(|d| !scope.contains(d.netns))
-                    {
-                        user.drops_other_node += 1;
-                        continue;
-                    }
-                    if args.events {
-                        let mut line = serde_json::json!({ "type": "packet" });
-                        if let (Some(obj), Ok(serde_json::Value::Object(ev))) =
-                            (line.as_object_mut(), serde_json::to_value(&ev))
-                        {
-                            obj.extend(ev);
-                        }
-                        if writeln!(out, "{line}").is_err() {
-                            user.write_errors += 1;
-                        }
-                    }
+                    handle_record(&item, &mgr, own_netns, symbols.as_ref(), &scope, &mut user, &mut out, args.events);
+                }
+                if out.flush().is_err() {
+                    user.write_errors += 1;
                 }
                 guard.clear_ready();
             }

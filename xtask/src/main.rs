@@ -26,12 +26,17 @@ enum Command {
     /// Benchmarks (root): per-packet cost of the kernel programs via BPF_PROG_TEST_RUN, as
     /// figures and as ratios to an empty program measured in the same run.
     Bench {
-        /// Packets per case.
+        /// Packets per case (kernel programs).
         #[arg(long, default_value_t = 1_000_000)]
         packets: u32,
+        /// Also run the DNS load benchmark through the lab for this many seconds per phase.
+        #[arg(long, value_name = "SECONDS")]
+        load: Option<u32>,
     },
     /// Static checks: rustfmt, clippy on userspace crates, clippy on the eBPF crate.
     Lint,
+    /// Build the tracer and walk through the failure catalogue in the lab, printing verdicts.
+    Demo,
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -128,7 +133,7 @@ fn main() -> Result<()> {
             test.extend(args.iter().map(String::as_str));
             cargo_test(&test)
         }
-        Command::Bench { packets } => {
+        Command::Bench { packets, load } => {
             cargo(&["build", "--release", "-p", "tracer"])?;
             let bin = xtask::tracer::workspace_root().join("target/release/tracer");
             let status = Process::new(&bin)
@@ -138,7 +143,16 @@ fn main() -> Result<()> {
             if !status.success() {
                 bail!("benchmark failed ({status})");
             }
+            if let Some(seconds) = load {
+                // SAFETY: plain setenv before any thread is spawned by this process.
+                unsafe { std::env::set_var("TRACER_BIN", &bin) };
+                xtask::bench::run(seconds)?;
+            }
             Ok(())
+        }
+        Command::Demo => {
+            cargo(&["build", "-p", "tracer"])?;
+            xtask::demo::run()
         }
         Command::Lint => {
             cargo(&["fmt", "--all", "--", "--check"])?;

@@ -118,6 +118,11 @@ impl TracerProcess {
         Ok(me)
     }
 
+    /// Process id of the tracer.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// JSON lines printed so far.
     pub fn lines(&self) -> Vec<Value> {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
