@@ -17,8 +17,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to this node's interfaces and print one JSON line per verdict (and per packet with
-    /// --events) on stdout. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN).
+    /// --events) on stdout. Needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (plus CAP_SYSLOG for
+    /// symbolized drop locations); see deploy/daemonset.yaml.
     Run(RunArgs),
+    /// Stream this node's verdicts from the running `tracer run`, filtered, as a table or JSON
+    /// (root only: reads its Unix socket). E.g. `tracer observe --verdict dropped,lost_beyond_node
+    /// -n shop` or `tracer observe --last 100 --no-follow -o json`.
+    Observe(crate::observe::client::ObserveArgs),
     /// Measure the kernel programs' cost per packet with BPF_PROG_TEST_RUN (needs root).
     #[command(hide = true)]
     Bench {
@@ -60,6 +65,28 @@ pub struct RunArgs {
     /// Interval between counter log lines on stderr.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz on this address, e.g.
+    /// 0.0.0.0:9090. Not served when not given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Unix socket for `tracer observe` (created mode 0600: root only).
+    #[arg(long, value_name = "PATH", default_value = crate::observe::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Do not serve the `tracer observe` socket.
+    #[arg(long)]
+    pub no_socket: bool,
+
+    /// What stdout carries: tracer.flow/v1 verdicts, or OCSF 1.2 events for a SIEM.
+    #[arg(long, value_enum, default_value_t = crate::observe::sink::StdoutFormat::Flow)]
+    pub format: crate::observe::sink::StdoutFormat,
+
+    /// Redact DNS query names on stdout: `hash` (sha256:<16 hex>, still groupable) or `drop`.
+    /// `tracer observe` still shows them.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub redact_qname: Option<crate::observe::ocsf::RedactMode>,
 }
 
 /// Parses `1500ms`, `5s`, `2m` or a bare number of seconds.

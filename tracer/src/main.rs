@@ -11,9 +11,12 @@ mod iface;
 mod kernel;
 #[cfg(test)]
 mod kernel_tests;
+mod metrics;
 mod netns;
+mod observe;
 mod packets;
 mod run;
+mod verdict;
 
 use clap::Parser as _;
 
@@ -29,6 +32,7 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Run(args) => run::main(args),
+        cli::Command::Observe(args) => observe::client::main(args),
         cli::Command::Bench { packets } => bench::main(packets),
     };
     match result {

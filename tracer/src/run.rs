@@ -1,7 +1,11 @@
 //! `tracer run`: the daemon loop. Owns the capture, the attach manager, and the path from
 //! ring-buffer records to stdout.
 
-use std::{collections::HashSet, io::Write as _, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write as _,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -17,9 +21,18 @@ use crate::{
     cli::RunArgs,
     decode::{self, NoSymbols, Symbols},
     event::Hook,
-    iface::Classifier,
+    iface::{Classifier, IfaceTable},
     kernel, netns,
+    observe::sink::Sinks,
+    verdict::{self, Correlator, Verdict},
 };
+
+/// The host name, as the node name when none is given.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-node".into())
+}
 
 /// Userspace-side losses and skips, all counted.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -38,51 +51,139 @@ pub struct UserCounters {
 /// only once [`tracer_common`]'s batch threshold of unread bytes is reached).
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Decodes one ring-buffer record and writes what it yields; every skip is counted.
-#[allow(clippy::too_many_arguments)]
-fn handle_record(
-    item: &[u8],
-    mgr: &AttachManager,
+/// The path from ring-buffer records to verdict lines: decode, scope, correlate, emit.
+struct Pipeline {
     own_netns: u32,
-    symbols: &dyn Symbols,
-    scope: &Scope,
-    user: &mut UserCounters,
-    out: &mut impl std::io::Write,
+    symbols: Box<dyn Symbols>,
+    scope: Scope,
+    user: UserCounters,
+    out: std::io::BufWriter<std::io::Stdout>,
     events: bool,
-) {
-    let raw = match decode::read_record(item) {
-        Ok(raw) => raw,
-        Err(err) => {
-            user.decode_errors += 1;
-            tracing::debug!(%err, "record skipped");
-            return;
-        }
-    };
-    let ev = match decode::decode(&raw, mgr.table(), own_netns, symbols) {
-        Ok(ev) => ev,
-        Err(err) => {
-            user.decode_errors += 1;
-            tracing::debug!(%err, "record skipped");
-            return;
-        }
-    };
-    user.decoded += 1;
-    if ev.hook == Hook::Drop && ev.drop.as_ref().is_some_and(|d| !scope.contains(d.netns)) {
-        user.drops_other_node += 1;
-        return;
-    }
-    if events {
-        let mut line = serde_json::json!({ "type": "packet" });
-        if let (Some(obj), Ok(serde_json::Value::Object(ev))) =
-            (line.as_object_mut(), serde_json::to_value(&ev))
+    sinks: Sinks,
+    correlator: Correlator,
+    clock: Clock,
+}
+
+impl Pipeline {
+    /// Decodes one ring-buffer record and feeds what it yields on; every skip is counted.
+    fn record(&mut self, item: &[u8], ifaces: &IfaceTable) {
+        let ev = match decode::read_record(item)
+            .and_then(|raw| decode::decode(&raw, ifaces, self.own_netns, self.symbols.as_ref()))
         {
-            obj.extend(ev);
+            Ok(ev) => ev,
+            Err(err) => {
+                self.user.decode_errors += 1;
+                tracing::debug!(%err, "record skipped");
+                // A flow open now may be missing this event: its verdict must say so.
+                self.correlator
+                    .note_loss(self.clock.mono_ns(), "a kernel record could not be decoded");
+                return;
+            }
+        };
+        self.user.decoded += 1;
+        if ev.hook == Hook::Drop
+            && ev
+                .drop
+                .as_ref()
+                .is_some_and(|d| !self.scope.contains(d.netns))
+        {
+            self.user.drops_other_node += 1;
+            return;
         }
-        if writeln!(out, "{line}").is_err() {
-            user.write_errors += 1;
+        if self.events || self.sinks.wants_events() {
+            let mut line = serde_json::json!({ "type": "packet" });
+            if let (Some(obj), Ok(serde_json::Value::Object(ev))) =
+                (line.as_object_mut(), serde_json::to_value(&ev))
+            {
+                obj.extend(ev);
+            }
+            self.write(line, self.events);
+        }
+        self.correlator.observe(&ev);
+    }
+
+    fn write(&mut self, value: serde_json::Value, to_stdout: bool) {
+        if let Some(text) = self.sinks.emit(value, to_stdout)
+            && writeln!(self.out, "{text}").is_err()
+        {
+            self.user.write_errors += 1;
+        }
+    }
+
+    /// Emits the verdicts of flows that completed or whose window closed.
+    fn poll(&mut self) {
+        let verdicts = self.correlator.poll(self.clock.mono_ns());
+        self.emit(verdicts);
+    }
+
+    /// Emits every open flow's verdict (shutdown).
+    fn finish(&mut self) {
+        let verdicts = self.correlator.flush();
+        self.emit(verdicts);
+        self.flush();
+    }
+
+    fn emit(&mut self, verdicts: Vec<Verdict>) {
+        for mut v in verdicts {
+            v.time = self.clock.wall_rfc3339(v.start_ns);
+            v.refresh_hint();
+            match serde_json::to_value(&v) {
+                Ok(value) => self.write(value, true),
+                Err(err) => {
+                    self.user.write_errors += 1;
+                    tracing::warn!(%err, "verdict not serializable");
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.out.flush().is_err() {
+            self.user.write_errors += 1;
         }
     }
 }
+
+/// Converts the kernel's monotonic timestamps to wall-clock time.
+struct Clock {
+    /// Wall-clock ns minus monotonic ns, measured at start.
+    offset_ns: i128,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Self {
+            offset_ns: wall - i128::from(mono_ns()),
+        }
+    }
+
+    fn mono_ns(&self) -> u64 {
+        mono_ns()
+    }
+
+    fn wall_rfc3339(&self, mono: u64) -> Option<String> {
+        let ts = jiff::Timestamp::from_nanosecond(i128::from(mono) + self.offset_ns).ok()?;
+        Some(ts.to_string())
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// How often open flows are checked for a verdict.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Entry point of `tracer run`.
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
@@ -97,7 +198,8 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
 struct Scope {
     own: u32,
     pods: HashSet<u32>,
-    unresolved: HashSet<i32>,
+    /// Pod-veth peer netns id → namespace inode, as resolved so far.
+    resolved: HashMap<i32, u32>,
 }
 
 impl Scope {
@@ -105,21 +207,23 @@ impl Scope {
         netns == 0 || netns == self.own || self.pods.contains(&netns)
     }
 
+    /// Resolves the namespaces of pod veth peers not resolved yet and recomputes the set.
     async fn refresh(&mut self, handle: &mut rtnetlink::Handle, mgr: &AttachManager) {
         let wanted: HashSet<i32> = mgr.pod_peer_nsids().collect();
-        if wanted.is_subset(&self.unresolved.iter().copied().collect()) && !self.pods.is_empty() {
-            return;
-        }
-        let map = netns::resolve_nsids(handle, &wanted).await;
-        self.unresolved = wanted
+        let missing: HashSet<i32> = wanted
             .iter()
-            .filter(|id| !map.contains_key(id))
+            .filter(|id| !self.resolved.contains_key(id))
             .copied()
             .collect();
-        self.pods = map.into_values().collect();
+        if !missing.is_empty() {
+            self.resolved
+                .extend(netns::resolve_nsids(handle, &missing).await);
+        }
+        self.resolved.retain(|id, _| wanted.contains(id));
+        self.pods = self.resolved.values().copied().collect();
         tracing::debug!(
             pods = self.pods.len(),
-            unresolved = self.unresolved.len(),
+            unresolved = wanted.len() - self.resolved.len(),
             "node netns scope"
         );
     }
@@ -127,6 +231,22 @@ impl Scope {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let classifier = Classifier::new(&args.iface_overrides)?;
+    // Sinks first: a taken port or socket fails start-up, and /healthz answers while loading.
+    let metrics = crate::metrics::Metrics::new();
+    if let Some(addr) = args.metrics_addr {
+        tokio::spawn(crate::metrics::serve(addr, metrics.clone()).await?);
+    }
+    let hub = crate::observe::server::Hub::new();
+    let observe_stats = crate::observe::server::ObserveStats::default();
+    metrics.track_observe(observe_stats.clone());
+    let observe_task = if args.no_socket {
+        None
+    } else {
+        let server = crate::observe::server::serve(&args.socket, hub.clone(), observe_stats)
+            .context("serving the observe socket (--socket)")?;
+        Some(tokio::spawn(server))
+    };
+    let sinks = Sinks::new(hub, metrics.clone(), args.format, args.redact_qname);
     let own_netns = netns::own_inode().context("reading /proc/self/ns/net")?;
     let (offsets, symbols) = kernel_facts(args.no_drops);
 
@@ -149,9 +269,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut scope = Scope {
         own: own_netns,
         pods: HashSet::new(),
-        unresolved: HashSet::new(),
+        resolved: HashMap::new(),
     };
     scope.refresh(&mut handle, &mgr).await;
+    let node = args.node_name.clone().unwrap_or_else(hostname);
+    let mut config = verdict::Config::new(node);
+    config.window = args.window;
+    let mut p = Pipeline {
+        own_netns,
+        symbols,
+        scope,
+        user: UserCounters::default(),
+        // Buffered: flushed after every batch of records, not per line.
+        out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+        events: args.events,
+        sinks,
+        correlator: Correlator::new(config),
+        clock: Clock::new(),
+    };
 
     let ring = capture.take_ring()?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (both dropped together).
@@ -162,6 +297,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         std::fs::write(path, b"ready\n").with_context(|| format!("writing {}", path.display()))?;
     }
     tracing::info!(interfaces = mgr.stats().attached, "tracer running");
+    metrics.set_ready(true);
+    // Its first tick is immediate: the metrics are filled at once.
+    let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
 
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -172,9 +310,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Losses are checked often: verdicts of flows open while records were lost are marked.
     let mut loss_tick = tokio::time::interval(Duration::from_millis(200));
     let mut lost_before = capture.counters().map(|c| c.lost()).unwrap_or(0);
-    let mut user = UserCounters::default();
-    // Buffered: flushed after every batch of records, not per line.
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+    let mut poll_tick = tokio::time::interval(POLL_INTERVAL);
 
     let result: anyhow::Result<()> = loop {
         tokio::select! {
@@ -182,11 +318,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 // Records below the kernel's wake-up threshold are collected here.
                 let rb = ring.get_mut();
                 while let Some(item) = rb.next() {
-                    handle_record(&item, &mgr, own_netns, symbols.as_ref(), &scope, &mut user, &mut out, args.events);
+                    p.record(&item, mgr.table());
                 }
-                if out.flush().is_err() {
-                    user.write_errors += 1;
-                }
+                p.flush();
             }
             guard = ring.readable_mut() => {
                 let mut guard = match guard {
@@ -195,18 +329,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 };
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    handle_record(&item, &mgr, own_netns, symbols.as_ref(), &scope, &mut user, &mut out, args.events);
+                    p.record(&item, mgr.table());
                 }
-                if out.flush().is_err() {
-                    user.write_errors += 1;
-                }
+                p.flush();
                 guard.clear_ready();
             }
             msg = link_events.next() => {
                 match msg {
                     Some((msg, _)) => {
                         mgr.on_message(&msg, &mut capture);
-                        scope.refresh(&mut handle, &mgr).await;
+                        p.scope.refresh(&mut handle, &mgr).await;
                     }
                     None => break Err(anyhow::anyhow!("netlink link notifications ended")),
                 }
@@ -215,16 +347,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let lost = capture.counters().map(|c| c.lost()).unwrap_or(lost_before);
                 if lost > lost_before {
                     tracing::warn!(lost = lost - lost_before, total = lost, "kernel records lost: ring buffer full");
+                    p.correlator.note_loss(p.clock.mono_ns(), "the kernel ring buffer was full");
                     lost_before = lost;
                 }
             }
-            _ = stats_tick.tick() => log_counters(&capture, &mgr, &user),
+            _ = poll_tick.tick() => {
+                p.poll();
+                p.flush();
+            }
+            _ = stats_tick.tick() => log_counters(&capture, &mgr, &p),
+            _ = metrics_tick.tick() => update_metrics(&metrics, &capture, &mgr, &p),
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         }
     };
+    metrics.set_ready(false);
+    if let Some(task) = observe_task {
+        // Ends every client stream and removes the socket file.
+        task.abort();
+        let _ = task.await;
+    }
     mgr.detach_all(&mut capture);
-    log_counters(&capture, &mgr, &user);
+    // Records still in the ring buffer, then every open flow, get their say.
+    while let Some(item) = ring.get_mut().next() {
+        p.record(&item, mgr.table());
+    }
+    p.finish();
+    log_counters(&capture, &mgr, &p);
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
     }
@@ -292,7 +441,37 @@ fn kernel_facts(no_drops: bool) -> (Option<tracer_common::KernelOffsets>, Box<dy
     (offsets, Box::new(KernelSymbols { reasons, ksyms }))
 }
 
-fn log_counters(capture: &Capture, mgr: &AttachManager, user: &UserCounters) {
+/// How often the metrics read the kernel, userspace and attach counters.
+const METRICS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Copies the absolute counters into the metrics.
+fn update_metrics(
+    metrics: &crate::metrics::Metrics,
+    capture: &Capture,
+    mgr: &AttachManager,
+    p: &Pipeline,
+) {
+    let user = &p.user;
+    let flows = p.correlator.stats();
+    metrics.set_flows(
+        u64::try_from(flows.open_flows).unwrap_or(u64::MAX),
+        flows.evicted,
+    );
+    match capture.counters() {
+        Ok(kernel) => metrics.set_kernel_fields(&kernel),
+        Err(err) => tracing::debug!(%err, "reading kernel counters for metrics"),
+    }
+    metrics.set_user_fields(user);
+    let a = mgr.stats();
+    metrics.set_attach(
+        u64::try_from(a.attached).unwrap_or(u64::MAX),
+        a.attaches,
+        a.failures,
+    );
+}
+
+fn log_counters(capture: &Capture, mgr: &AttachManager, p: &Pipeline) {
+    let user = &p.user;
     let kernel = capture.counters().unwrap_or_else(|err| {
         tracing::warn!(%err, "reading kernel counters");
         Counters::default()
@@ -301,6 +480,7 @@ fn log_counters(capture: &Capture, mgr: &AttachManager, user: &UserCounters) {
         kernel = %serde_json::to_string(&kernel).unwrap_or_default(),
         user = %serde_json::to_string(user).unwrap_or_default(),
         attach = %serde_json::to_string(&mgr.stats()).unwrap_or_default(),
+        flows = %serde_json::to_string(&p.correlator.stats()).unwrap_or_default(),
         "counters"
     );
 }

@@ -723,17 +723,15 @@ impl ApiServer {
                 .iter()
                 .map(|e| {
                     let (pod_ns, pod_name) = e.pod.split_once('/').unwrap_or(("", e.pod.as_str()));
-                    let mut ep = json!({
-                        "addresses": [e.ip.to_string()],
-                        "conditions": { "ready": true },
-                        "targetRef": { "kind": "Pod", "namespace": pod_ns, "name": pod_name },
-                    });
+                    let target = json!({ "kind": "Pod", "namespace": pod_ns, "name": pod_name });
                     if slice_version == "v1" {
-                        ep["nodeName"] = json!(e.node);
+                        json!({ "addresses": [e.ip.to_string()], "conditions": { "ready": true },
+                                "targetRef": target, "nodeName": e.node })
                     } else {
-                        ep["topology"] = json!({ "kubernetes.io/hostname": e.node });
+                        json!({ "addresses": [e.ip.to_string()], "conditions": { "ready": true },
+                                "targetRef": target,
+                                "topology": { "kubernetes.io/hostname": e.node } })
                     }
-                    ep
                 })
                 .collect();
             let slice_ports: Vec<Value> = s

@@ -622,7 +622,6 @@ fn print_status(st: &LabStatus) {
 }
 
 #[cfg(test)]
-#[expect(clippy::expect_used, reason = "tests panic with context")]
 mod tests {
     use super::*;
 

@@ -810,11 +810,6 @@ pub fn topology() -> Topology {
 }
 
 #[cfg(test)]
-#[expect(
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    reason = "tests panic with context; JSON indexing yields Null rather than panicking"
-)]
 mod tests {
     use super::*;
 

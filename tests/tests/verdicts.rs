@@ -1,0 +1,316 @@
+//! Verdicts, one test per row of the failure catalogue (DESIGN.md): the lab is broken in a
+//! known way, a pod queries kube-dns (or connects out), and the tracer in node A must print the
+//! stated verdict JSON — verdict, where, drop reason, egress interface.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tracer_tests::{TracerProcess, dig, lab, privileged};
+
+/// Verdict window used by these tests (short, so tests are quick).
+const WINDOW: &str = "2s";
+/// How long to wait for a verdict line: the window plus slack.
+const VERDICT_WAIT: Duration = Duration::from_secs(8);
+
+struct Case {
+    _guard: lab::LabGuard,
+    tracer: TracerProcess,
+    topo: lab::Topology,
+}
+
+fn setup(pin: lab::Pin, failures: &[lab::Failure]) -> Case {
+    let guard = lab::LabGuard::up().expect("lab up");
+    lab::pin(pin).expect("pin");
+    for f in failures {
+        lab::set_failure(*f, true).expect("failure on");
+    }
+    let topo = guard.topology().clone();
+    let tracer = TracerProcess::start(lab::NS_NODE_A, &["--window", WINDOW]).expect("tracer");
+    Case {
+        _guard: guard,
+        tracer,
+        topo,
+    }
+}
+
+impl Case {
+    fn pod(&self, ns: &str, name: &str) -> lab::Pod {
+        self.topo.pod(ns, name).expect("pod in topology").clone()
+    }
+
+    /// The verdict for the DNS query of `qname` from `client_ip`.
+    fn dns_verdict(&self, client_ip: &str, qname: &str) -> Value {
+        self.tracer
+            .wait_for(VERDICT_WAIT, |v| {
+                v["schema"] == "tracer.flow/v1"
+                    && v["client"]["ip"] == client_ip
+                    && v["dns"]["qname"] == qname
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no verdict for {qname} from {client_ip}; stdout: {:#?}\nstderr: {}",
+                    self.tracer.lines(),
+                    self.tracer.stderr()
+                )
+            })
+    }
+}
+
+const NAME: &str = "kubernetes.default.svc.cluster.local";
+
+#[test]
+fn row01_healthy_local_and_remote_replica() {
+    if !privileged() {
+        return;
+    }
+    let c = setup(lab::Pin::A, &[]);
+    let client = c.pod("default", "client");
+    assert!(dig(&client.netns, &["@198.19.0.10", NAME]).contains("198.19.0.1"));
+    let v = c.dns_verdict(&client.ip.to_string(), NAME);
+    assert_eq!(v["verdict"], "answered", "{v:#}");
+    assert_eq!(v["dns"]["rcode"], "NOERROR");
+    assert_eq!(
+        v["server"]["ip"],
+        lab::COREDNS_A_IP.to_string(),
+        "replica after DNAT: {v:#}"
+    );
+    assert_eq!(v["server"]["service_ip"], "198.19.0.10");
+    assert!(
+        v["dns"]["latency_ms"]
+            .as_f64()
+            .is_some_and(|l| (0.0..1000.0).contains(&l)),
+        "{v:#}"
+    );
+
+    lab::pin(lab::Pin::B).expect("pin b");
+    let name = "web.shop.svc.cluster.local";
+    assert!(dig(&client.netns, &["@198.19.0.10", name]).contains("198.19.0.80"));
+    let v = c.dns_verdict(&client.ip.to_string(), name);
+    assert_eq!(v["verdict"], "answered", "{v:#}");
+    assert_eq!(v["server"]["ip"], lab::COREDNS_B_IP.to_string());
+    assert_eq!(v["egress_interface"]["name"], "eth0", "{v:#}");
+}
+
+#[test]
+fn row02_node_sg_allows_only_tcp() {
+    if !privileged() {
+        return;
+    }
+    let c = setup(lab::Pin::B, &[lab::Failure::NodeSgTcpOnly]);
+    let client = c.pod("default", "client");
+    // TCP 53 to the same replica works...
+    assert!(
+        dig(
+            &client.netns,
+            &["+tcp", "@198.19.0.10", "web.shop.svc.cluster.local"]
+        )
+        .contains("198.19.0.80")
+    );
+    // ...UDP 53 does not.
+    let sent = Instant::now();
+    assert!(dig(&client.netns, &["@198.19.0.10", NAME]).contains("timed out"));
+    let v = c.dns_verdict(&client.ip.to_string(), NAME);
+    let took = sent.elapsed();
+    assert_eq!(v["verdict"], "lost_beyond_node", "{v:#}");
+    assert_eq!(v["evidence"], "complete");
+    assert_eq!(v["where"]["interface"], "eth0", "{v:#}");
+    assert_eq!(v["egress_interface"]["name"], "eth0");
+    assert_eq!(v["egress_interface"]["kind"], "uplink");
+    assert_eq!(v["server"]["ip"], lab::COREDNS_B_IP.to_string());
+    let hint = v["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("TCP"),
+        "hint must say TCP to the same server works: {hint}"
+    );
+    assert!(hint.contains("eth0") && hint.contains("UDP"), "{hint}");
+    assert!(
+        took < Duration::from_millis(3_000 + 500),
+        "verdict within window + 1 s of the query: {took:?}"
+    );
+}
+
+#[test]
+fn row03_pod_security_group_on_branch_eni() {
+    if !privileged() {
+        return;
+    }
+    let c = setup(lab::Pin::A, &[lab::Failure::PodSgNoDns]);
+    let sg = c.pod("default", "sg-client");
+    assert!(dig(&sg.netns, &["@198.19.0.10", NAME]).contains("timed out"));
+    let v = c.dns_verdict(&sg.ip.to_string(), NAME);
+    assert_eq!(v["verdict"], "lost_beyond_node", "{v:#}");
+    assert_eq!(v["where"]["interface"], lab::BRANCH_ENI_IFNAME);
+    assert_eq!(v["egress_interface"]["name"], lab::BRANCH_ENI_IFNAME);
+    assert_eq!(v["egress_interface"]["kind"], "branch_eni");
+    assert_eq!(v["egress_interface"]["vlan"], lab::BRANCH_VLAN_ID);
+    // The other pod on the node is unaffected.
+    let client = c.pod("default", "client");
+    assert!(dig(&client.netns, &["@198.19.0.10", NAME]).contains("198.19.0.1"));
+    assert_eq!(
+        c.dns_verdict(&client.ip.to_string(), NAME)["verdict"],
+        "answered"
+    );
+}
+
+#[test]
+fn row04_nacl_blocks_return_path() {
+    if !privileged() {
+        return;
+    }
+    let c = setup(lab::Pin::B, &[lab::Failure::NaclReturn]);
+    let client = c.pod("default", "client");
+    assert!(dig(&client.netns, &["@198.19.0.10", NAME]).contains("timed out"));
+    let v = c.dns_verdict(&client.ip.to_string(), NAME);
+    assert_eq!(v["verdict"], "lost_beyond_node", "{v:#}");
+    assert_eq!(v["where"]["interface"], "eth0");
+    let hint = v["hint"].as_str().unwrap_or_default().to_lowercase();
+    assert!(hint.contains("nacl") || hint.contains("return"), "{hint}");
+}
+
+#[test]
+fn row05_iptables_drop_on_node() {
+    if !privileged() {
+        return;
+    }
+    let c = setup(lab::Pin::Both, &[lab::Failure::NetpolDropDns]);
+    let client = c.pod("default", "client");
+    assert!(dig(&client.netns, &["@198.19.0.10", NAME]).contains("timed out"));
+    let v = c.dns_verdict(&client.ip.to_string(), NAME);
+    assert_eq!(v["verdict"], "dropped", "{v:#}");
+    assert_eq!(v["drop"]["reason"], "NETFILTER_DROP");
+    assert!(
+        v["drop"]["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("nft_do_chain")),
+        "{v:#}"
+    );
+    assert_eq!(v["drop"]["direction"], "request");
+    assert_eq!(v["where"]["interface"], client.host_veth.as_str());
+}
+
+#[test]
+fn row06_replica_port_closed() {
+    if !privileged() {
+        return;
+    }
+    let c = setup(lab::Pin::A, &[lab::Failure::ReplicaDownA]);
+    let client = c.pod("default", "client");
+    dig(&client.netns, &["@198.19.0.10", NAME]);
+    let v = c.dns_verdict(&client.ip.to_string(), NAME);
+    assert_eq!(v["verdict"], "rejected", "{v:#}");
+    assert_eq!(v["server"]["ip"], lab::COREDNS_A_IP.to_string());
+    let hint = v["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("unreachable") || hint.contains("NO_SOCKET"),
+        "{hint}"
+    );
+}
+
+#[test]
+fn row07_replica_silent() {
+    if !privileged() {
+        return;
+    }
+    let c = setup(lab::Pin::A, &[lab::Failure::ReplicaSilentA]);
+    let client = c.pod("default", "client");
+    let coredns_a = c.pod("kube-system", "coredns-a");
+    assert!(dig(&client.netns, &["@198.19.0.10", NAME]).contains("timed out"));
+    let v = c.dns_verdict(&client.ip.to_string(), NAME);
+    assert_eq!(v["verdict"], "unanswered", "{v:#}");
+    assert_eq!(v["where"]["interface"], coredns_a.host_veth.as_str());
+}
+
+fn connect_out(ns: &str) -> String {
+    let out = lab::exec_in(
+        ns,
+        &["socat", "-T2", "-", "TCP:203.0.113.80:80,connect-timeout=2"],
+    )
+    .expect("socat runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn egress_verdict(c: &Case, client_ip: &str) -> Value {
+    c.tracer
+        .wait_for(VERDICT_WAIT, |v| {
+            v["kind"] == "egress"
+                && v["client"]["ip"] == client_ip
+                && v["server"]["ip"] == "203.0.113.80"
+        })
+        .unwrap_or_else(|| panic!("no egress verdict; stdout: {:#?}", c.tracer.lines()))
+}
+
+#[test]
+fn row08_egress_no_nat_and_no_route() {
+    if !privileged() {
+        return;
+    }
+    let c = setup(lab::Pin::Both, &[]);
+    let client = c.pod("default", "client");
+    assert!(
+        connect_out(&client.netns).contains("hello"),
+        "healthy egress first"
+    );
+    assert_eq!(
+        egress_verdict(&c, &client.ip.to_string())["verdict"],
+        "established"
+    );
+
+    lab::set_failure(lab::Failure::EgressNoNat, true).expect("no nat");
+    let _ = connect_out(&client.netns);
+    let lost = c
+        .tracer
+        .wait_for(VERDICT_WAIT, |v| {
+            v["kind"] == "egress" && v["verdict"] == "lost_beyond_node"
+        })
+        .unwrap_or_else(|| panic!("no lost egress verdict: {:#?}", c.tracer.lines()));
+    assert_eq!(lost["egress_interface"]["name"], "eth0", "{lost:#}");
+    lab::set_failure(lab::Failure::EgressNoNat, false).expect("nat back");
+
+    lab::set_failure(lab::Failure::EgressNoRoute, true).expect("no route");
+    let _ = connect_out(&client.netns);
+    let dropped = c
+        .tracer
+        .wait_for(VERDICT_WAIT, |v| {
+            v["kind"] == "egress" && v["verdict"] == "dropped"
+        })
+        .unwrap_or_else(|| panic!("no dropped egress verdict: {:#?}", c.tracer.lines()));
+    assert!(
+        dropped["drop"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("NOROUTE")),
+        "{dropped:#}"
+    );
+}
+
+#[test]
+fn row09_rp_filter_drops_reply() {
+    if !privileged() {
+        return;
+    }
+    let c = setup(lab::Pin::B, &[lab::Failure::RpFilter]);
+    let client = c.pod("default", "client");
+    assert!(dig(&client.netns, &["@198.19.0.10", NAME]).contains("timed out"));
+    let v = c.dns_verdict(&client.ip.to_string(), NAME);
+    assert_eq!(v["verdict"], "dropped", "{v:#}");
+    assert_eq!(v["drop"]["reason"], "IP_RPFILTER");
+    assert_eq!(v["drop"]["direction"], "response");
+    assert_eq!(v["where"]["interface"], "eth1");
+}
+
+#[test]
+fn row10_nxdomain_is_an_answer() {
+    if !privileged() {
+        return;
+    }
+    let c = setup(lab::Pin::Both, &[]);
+    let client = c.pod("default", "client");
+    let name = "nosuch.default.svc.cluster.local";
+    assert!(dig(&client.netns, &["@198.19.0.10", name]).contains("NXDOMAIN"));
+    let v = c.dns_verdict(&client.ip.to_string(), name);
+    assert_eq!(v["verdict"], "answered", "{v:#}");
+    assert_eq!(v["dns"]["rcode"], "NXDOMAIN");
+}

@@ -1,0 +1,716 @@
+//! Prometheus metrics of `tracer run` and the HTTP endpoint that serves them.
+//!
+//! Exposition is OpenMetrics text (`prometheus-client`), which Prometheus scrapes natively.
+//! Endpoints: `/metrics`, `/healthz` (200 while the process serves HTTP), `/readyz` (200 once
+//! the daemon said its programs are attached, 503 before).
+//!
+//! Counters that mirror absolute values read elsewhere (kernel per-CPU counters, userspace
+//! counters, attach totals) are set with [`Metrics::set_kernel`] and friends: the metric moves
+//! up by the difference. A value lower than the last one (the source restarted) is ignored
+//! until the source passes it again; a Prometheus counter never goes down.
+//!
+//! Label values come from the daemon's own enumerations; each is still cut to
+//! [`MAX_LABEL_LEN`] and the verdict and kind labels are folded to `other` when unknown, so a
+//! malformed record cannot create unbounded series.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde_json::Value;
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use crate::observe::{self, server::ObserveStats};
+
+/// Longest label value kept (longer ones are cut).
+pub const MAX_LABEL_LEN: usize = 64;
+/// Most HTTP connections served at once.
+pub const MAX_HTTP_CONNECTIONS: usize = 32;
+/// How long a client may take to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest an HTTP connection may stay open.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Kernel counter names (`tracer_kernel_events_total{counter=...}`): the fields of
+/// `capture::Counters`, as the `counters` log line prints them.
+pub const KERNEL_COUNTERS: [&str; 10] = [
+    "tc_seen",
+    "tc_emitted",
+    "tc_ringbuf_full",
+    "tc_parse_error",
+    "drop_seen",
+    "drop_emitted",
+    "drop_ringbuf_full",
+    "drop_read_error",
+    "flow_table_full",
+    "flow_aggregated",
+];
+
+/// Userspace counter names (`tracer_userspace_events_total{counter=...}`): the fields of
+/// `run::UserCounters`.
+pub const USER_COUNTERS: [&str; 4] = [
+    "decoded",
+    "decode_errors",
+    "drops_other_node",
+    "write_errors",
+];
+
+/// Kubernetes cache states reported by `tracer_k8s_cache_state`.
+pub const CACHE_STATES: [&str; 4] = ["disabled", "syncing", "ready", "degraded"];
+
+const VERDICTS: [&str; 7] = observe::filter::VERDICTS;
+const KINDS: [&str; 2] = ["dns", "egress"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: String,
+    kind: String,
+    reason: String,
+    interface_kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CounterLabels {
+    counter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    verdicts: Family<VerdictLabels, Counter>,
+    kernel: Family<CounterLabels, Counter>,
+    user: Family<CounterLabels, Counter>,
+    attached: Gauge,
+    attach: Family<ResultLabels, Counter>,
+    observe_clients: Gauge,
+    observe_skipped: Counter,
+    cache_state: Family<StateLabels, Gauge>,
+    cache_current: Mutex<Option<String>>,
+    flows_open: Gauge,
+    flows_evicted: Counter,
+    ready: AtomicBool,
+    observe_stats: Mutex<Option<ObserveStats>>,
+}
+
+/// The daemon's metrics. Cheap to clone; every clone is the same set.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Moves a counter up to an absolute value read elsewhere (never down).
+fn set_counter(c: &Counter, value: u64) {
+    let cur = c.get();
+    if value > cur {
+        c.inc_by(value - cur);
+    }
+}
+
+/// The unsigned integer fields of a serializable struct, by name (others are skipped).
+fn numeric_fields(value: &impl serde::Serialize) -> Vec<(String, u64)> {
+    match serde_json::to_value(value) {
+        Ok(Value::Object(map)) => map
+            .into_iter()
+            .filter_map(|(k, v)| v.as_u64().map(|n| (k, n)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A label value: cut to [`MAX_LABEL_LEN`] characters.
+fn label(s: &str) -> String {
+    s.chars().take(MAX_LABEL_LEN).collect()
+}
+
+/// `value` when it is one of `known`, else `other` (empty stays empty).
+fn known_or_other(value: &str, known: &[&str]) -> String {
+    if value.is_empty() || known.contains(&value) {
+        value.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric (names prefixed `tracer_`). Kernel and userspace counters start
+    /// at zero for each known name, so dashboards see the series before the first event.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tracer");
+        let verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "verdicts",
+            "Verdicts emitted, by verdict, kind, drop reason and interface kind of the last observation point",
+            verdicts.clone(),
+        );
+        let kernel = Family::<CounterLabels, Counter>::default();
+        registry.register(
+            "kernel_events",
+            "Kernel-side counters of the eBPF programs (summed over CPUs)",
+            kernel.clone(),
+        );
+        let user = Family::<CounterLabels, Counter>::default();
+        registry.register(
+            "userspace_events",
+            "Userspace counters: records decoded, decode errors, drops outside this node, write errors",
+            user.clone(),
+        );
+        let attached = Gauge::default();
+        registry.register(
+            "attached_interfaces",
+            "Interfaces with the tc programs attached now",
+            attached.clone(),
+        );
+        let attach = Family::<ResultLabels, Counter>::default();
+        registry.register("attach", "Attach attempts, by result", attach.clone());
+        let observe_clients = Gauge::default();
+        registry.register(
+            "observe_clients",
+            "tracer observe clients connected now",
+            observe_clients.clone(),
+        );
+        let observe_skipped = Counter::default();
+        registry.register(
+            "observe_skipped",
+            "Lines skipped for tracer observe clients that fell behind",
+            observe_skipped.clone(),
+        );
+        let cache_state = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "k8s_cache_state",
+            "Kubernetes metadata cache state (1 for the current state)",
+            cache_state.clone(),
+        );
+        let flows_open = Gauge::default();
+        registry.register(
+            "flows_open",
+            "Flows open in the correlation table",
+            flows_open.clone(),
+        );
+        let flows_evicted = Counter::default();
+        registry.register(
+            "flows_evicted",
+            "Flows evicted from the full correlation table before their window closed",
+            flows_evicted.clone(),
+        );
+        for name in KERNEL_COUNTERS {
+            let _ = kernel.get_or_create(&CounterLabels {
+                counter: name.to_owned(),
+            });
+        }
+        for name in USER_COUNTERS {
+            let _ = user.get_or_create(&CounterLabels {
+                counter: name.to_owned(),
+            });
+        }
+        for result in ["ok", "error"] {
+            let _ = attach.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                verdicts,
+                kernel,
+                user,
+                attached,
+                attach,
+                observe_clients,
+                observe_skipped,
+                cache_state,
+                cache_current: Mutex::new(None),
+                flows_open,
+                flows_evicted,
+                ready: AtomicBool::new(false),
+                observe_stats: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Counts one verdict line: `verdict`, `kind`, `drop.reason` (empty when none) and
+    /// `where.interface_kind` (empty when unknown). Lines without a `verdict` (packet events,
+    /// notices) are not counted.
+    pub fn record_verdict(&self, v: &Value) {
+        let Some(verdict) = observe::str_at(v, "verdict") else {
+            return;
+        };
+        let labels = VerdictLabels {
+            verdict: known_or_other(verdict, &VERDICTS),
+            kind: known_or_other(observe::str_at(v, "kind").unwrap_or_default(), &KINDS),
+            reason: label(observe::str_at(v, "drop.reason").unwrap_or_default()),
+            interface_kind: label(observe::str_at(v, "where.interface_kind").unwrap_or_default()),
+        };
+        self.inner.verdicts.get_or_create(&labels).inc();
+    }
+
+    /// Sets the kernel counters from absolute values (`name`, total since load).
+    pub fn set_kernel<'a>(&self, counters: impl IntoIterator<Item = (&'a str, u64)>) {
+        for (name, value) in counters {
+            let c = self.inner.kernel.get_or_create(&CounterLabels {
+                counter: label(name),
+            });
+            set_counter(&c, value);
+        }
+    }
+
+    /// Sets the userspace counters from absolute values (`name`, total since start).
+    pub fn set_user<'a>(&self, counters: impl IntoIterator<Item = (&'a str, u64)>) {
+        for (name, value) in counters {
+            let c = self.inner.user.get_or_create(&CounterLabels {
+                counter: label(name),
+            });
+            set_counter(&c, value);
+        }
+    }
+
+    /// Sets the kernel counters from a struct whose fields are the counters (e.g.
+    /// `capture::Counters`): every unsigned integer field, by field name.
+    pub fn set_kernel_fields(&self, counters: &impl serde::Serialize) {
+        let pairs = numeric_fields(counters);
+        self.set_kernel(pairs.iter().map(|(k, v)| (k.as_str(), *v)));
+    }
+
+    /// Sets the userspace counters from a struct whose fields are the counters (e.g.
+    /// `run::UserCounters`): every unsigned integer field, by field name.
+    pub fn set_user_fields(&self, counters: &impl serde::Serialize) {
+        let pairs = numeric_fields(counters);
+        self.set_user(pairs.iter().map(|(k, v)| (k.as_str(), *v)));
+    }
+
+    /// Sets the attach figures: interfaces attached now, successful and failed attaches since
+    /// start.
+    pub fn set_attach(&self, attached: u64, attaches: u64, failures: u64) {
+        self.inner.attached.set(gauge_value(attached));
+        for (result, value) in [("ok", attaches), ("error", failures)] {
+            let c = self.inner.attach.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+            set_counter(&c, value);
+        }
+    }
+
+    #[allow(
+        dead_code,
+        reason = "API for the Kubernetes cache; called once it is wired into run.rs"
+    )]
+    /// Sets the Kubernetes cache state (e.g. one of [`CACHE_STATES`]): 1 for it, 0 for the
+    /// state before.
+    pub fn set_cache_state(&self, state: &str) {
+        let state = label(state);
+        let mut cur = self
+            .inner
+            .cache_current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for s in CACHE_STATES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(cur.take())
+        {
+            self.inner
+                .cache_state
+                .get_or_create(&StateLabels { state: s })
+                .set(0);
+        }
+        self.inner
+            .cache_state
+            .get_or_create(&StateLabels {
+                state: state.clone(),
+            })
+            .set(1);
+        *cur = Some(state);
+    }
+
+    #[allow(
+        dead_code,
+        reason = "API for the correlation table; called once it is wired into run.rs"
+    )]
+    /// Sets the correlation table figures: flows open now, flows evicted since start.
+    pub fn set_flows(&self, open: u64, evicted: u64) {
+        self.inner.flows_open.set(gauge_value(open));
+        set_counter(&self.inner.flows_evicted, evicted);
+    }
+
+    /// Sets the `tracer observe` figures: clients connected now, lines skipped since start.
+    pub fn set_observe(&self, clients: u64, skipped: u64) {
+        self.inner.observe_clients.set(gauge_value(clients));
+        set_counter(&self.inner.observe_skipped, skipped);
+    }
+
+    /// Reads the observe server's counters at every scrape (instead of [`Metrics::set_observe`]).
+    pub fn track_observe(&self, stats: ObserveStats) {
+        *self
+            .inner
+            .observe_stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(stats);
+    }
+
+    /// Marks the daemon ready (`/readyz` answers 200) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    /// The exposition text (OpenMetrics, ends with `# EOF`).
+    pub fn render(&self) -> String {
+        let stats = self
+            .inner
+            .observe_stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(ObserveStats::snapshot);
+        if let Some(s) = stats {
+            self.set_observe(s.clients, s.lines_skipped);
+        }
+        let mut out = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
+        {
+            tracing::warn!(%err, "encoding metrics");
+        }
+        out
+    }
+
+    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let reply = |status: StatusCode, ctype: &'static str, body: Bytes| {
+            let mut resp = Response::new(Full::new(body));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(ctype),
+            );
+            resp
+        };
+        const TEXT: &str = "text/plain; charset=utf-8";
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                TEXT,
+                Bytes::from_static(b"only GET\n"),
+            );
+        }
+        match req.uri().path() {
+            "/metrics" => reply(StatusCode::OK, CONTENT_TYPE, Bytes::from(self.render())),
+            "/healthz" => reply(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
+            "/readyz" if self.is_ready() => {
+                reply(StatusCode::OK, TEXT, Bytes::from_static(b"ready\n"))
+            }
+            "/readyz" => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                Bytes::from_static(b"not ready: programs not attached yet\n"),
+            ),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                Bytes::from_static(b"not found: try /metrics, /healthz, /readyz\n"),
+            ),
+        }
+    }
+}
+
+/// Binds `addr` now (so a taken port fails start-up) and returns the server: a future that
+/// serves the endpoints until dropped, to spawn. Connection errors are logged per connection.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+    Ok(serve_listener(listener, metrics))
+}
+
+/// Serves the endpoints on a bound listener until the future is dropped.
+pub async fn serve_listener(listener: TcpListener, metrics: Metrics) {
+    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(err) => {
+                tracing::warn!(%err, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics endpoint: too many connections, closing one");
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let resp = metrics.respond(&req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::debug!(%peer, %err, "metrics connection"),
+                Err(_) => tracing::debug!(%peer, "metrics connection timed out"),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    #[test]
+    fn verdicts_counted_by_labels() {
+        let m = Metrics::new();
+        let dropped = json!({"verdict": "dropped", "kind": "dns", "drop": {"reason": "NETFILTER_DROP"},
+                             "where": {"interface_kind": "pod_veth"}});
+        m.record_verdict(&dropped);
+        m.record_verdict(&dropped);
+        m.record_verdict(
+            &json!({"verdict": "answered", "kind": "dns", "where": {"interface_kind": "uplink"}}),
+        );
+        m.record_verdict(
+            &json!({"verdict": "brand_new", "kind": "quic", "drop": {"reason": "X".repeat(100)}}),
+        );
+        m.record_verdict(&json!({"type": "packet"}));
+        m.record_verdict(&json!(null));
+        m.record_verdict(&json!({"verdict": 3}));
+        let text = m.render();
+        let got = lines(&text);
+        for want in [
+            r#"tracer_verdicts_total{verdict="dropped",kind="dns",reason="NETFILTER_DROP",interface_kind="pod_veth"} 2"#,
+            r#"tracer_verdicts_total{verdict="answered",kind="dns",reason="",interface_kind="uplink"} 1"#,
+        ] {
+            assert!(got.contains(&want), "missing {want}\n{text}");
+        }
+        let other = format!(
+            r#"tracer_verdicts_total{{verdict="other",kind="other",reason="{}",interface_kind=""}} 1"#,
+            "X".repeat(MAX_LABEL_LEN)
+        );
+        assert!(got.contains(&other.as_str()), "{text}");
+        assert_eq!(
+            got.iter()
+                .filter(|l| l.starts_with("tracer_verdicts_total"))
+                .count(),
+            3
+        );
+        assert!(text.contains("# TYPE tracer_verdicts counter"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn absolute_counters_and_gauges() {
+        let m = Metrics::new();
+        let text = m.render();
+        for name in KERNEL_COUNTERS {
+            assert!(
+                text.contains(&format!(
+                    "tracer_kernel_events_total{{counter=\"{name}\"}} 0"
+                )),
+                "{name} present from the start"
+            );
+        }
+        m.set_kernel([("tc_seen", 100), ("tc_ringbuf_full", 3)]);
+        m.set_kernel([("tc_seen", 250), ("tc_ringbuf_full", 3)]);
+        m.set_kernel([("tc_seen", 10)]); // went down (reload): ignored
+        m.set_user([("decoded", 7), ("write_errors", 1)]);
+        m.set_attach(5, 9, 2);
+        m.set_flows(12, 4);
+        m.set_observe(2, 30);
+        m.set_cache_state("syncing");
+        m.set_cache_state("ready");
+        let text = m.render();
+        let got = lines(&text);
+        for want in [
+            r#"tracer_kernel_events_total{counter="tc_seen"} 250"#,
+            r#"tracer_kernel_events_total{counter="tc_ringbuf_full"} 3"#,
+            r#"tracer_kernel_events_total{counter="drop_seen"} 0"#,
+            r#"tracer_userspace_events_total{counter="decoded"} 7"#,
+            r#"tracer_userspace_events_total{counter="write_errors"} 1"#,
+            r#"tracer_userspace_events_total{counter="decode_errors"} 0"#,
+            "tracer_attached_interfaces 5",
+            r#"tracer_attach_total{result="ok"} 9"#,
+            r#"tracer_attach_total{result="error"} 2"#,
+            "tracer_flows_open 12",
+            "tracer_flows_evicted_total 4",
+            "tracer_observe_clients 2",
+            "tracer_observe_skipped_total 30",
+            r#"tracer_k8s_cache_state{state="ready"} 1"#,
+            r#"tracer_k8s_cache_state{state="syncing"} 0"#,
+            r#"tracer_k8s_cache_state{state="disabled"} 0"#,
+        ] {
+            assert!(got.contains(&want), "missing {want}\n{text}");
+        }
+        m.set_cache_state("weird");
+        let text = m.render();
+        assert!(text.contains(r#"tracer_k8s_cache_state{state="weird"} 1"#));
+        assert!(text.contains(r#"tracer_k8s_cache_state{state="ready"} 0"#));
+        m.set_cache_state("ready");
+        assert!(
+            m.render()
+                .contains(r#"tracer_k8s_cache_state{state="weird"} 0"#)
+        );
+    }
+
+    #[test]
+    fn counters_from_structs() {
+        #[derive(serde::Serialize)]
+        struct Kernel {
+            tc_seen: u64,
+            drop_seen: u64,
+            name: &'static str,
+        }
+        let m = Metrics::new();
+        m.set_kernel_fields(&Kernel {
+            tc_seen: 5,
+            drop_seen: 2,
+            name: "x",
+        });
+        m.set_user_fields(&json!({"decoded": 9, "negative": -1}));
+        m.set_user_fields(&"not a struct");
+        let text = m.render();
+        assert!(
+            text.contains(r#"tracer_kernel_events_total{counter="tc_seen"} 5"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"tracer_kernel_events_total{counter="drop_seen"} 2"#));
+        assert!(!text.contains("name"));
+        assert!(text.contains(r#"tracer_userspace_events_total{counter="decoded"} 9"#));
+        assert!(!text.contains("negative"));
+    }
+
+    #[test]
+    fn observe_stats_read_at_scrape() {
+        let m = Metrics::new();
+        let stats = ObserveStats::default();
+        m.track_observe(stats.clone());
+        assert!(m.render().contains("tracer_observe_clients 0"));
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("send");
+        let mut resp = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut resp))
+            .await
+            .expect("answer within 5 s")
+            .expect("read");
+        let (head, body) = resp.split_once("\r\n\r\n").expect("head and body");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status");
+        (status, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn http_endpoints() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let m = Metrics::new();
+        let task = tokio::spawn(serve_listener(listener, m.clone()));
+        m.record_verdict(&json!({"verdict": "unanswered", "kind": "dns"}));
+
+        let (status, head, body) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            head.contains("content-type: application/openmetrics-text"),
+            "{head}"
+        );
+        assert!(body.contains(r#"tracer_verdicts_total{verdict="unanswered",kind="dns",reason="",interface_kind=""} 1"#), "{body}");
+
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "not ready: programs not attached yet\n")
+        );
+        m.set_ready(true);
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+        assert_eq!(get(addr, "/nope").await.0, 404);
+
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("send");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.expect("read");
+        assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+
+        // Garbage does not take the server down.
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"\x00\x01garbage\r\n\r\n").await.expect("send");
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn serve_reports_a_taken_port() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let Err(err) = serve(addr, Metrics::new()).await else {
+            panic!("port taken: bind must fail");
+        };
+        assert!(
+            err.to_string().contains("binding the metrics endpoint"),
+            "{err}"
+        );
+    }
+}

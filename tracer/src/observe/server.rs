@@ -1,0 +1,1059 @@
+//! The live-stream endpoint of `tracer run`: a Unix socket (root only) that serves verdict lines
+//! (and packet events on request) to `tracer observe` clients.
+//!
+//! Protocol: the client sends one request line, JSON
+//! `{"filter": {...}, "last": N, "follow": bool, "events": bool}` (every field optional; see
+//! [`Request`]). The server answers with the last `N` matching lines it kept, then, when
+//! `follow`, every new matching line as it is published. Lines are the daemon's JSON lines,
+//! unchanged, one per `\n`. Two other line types may appear:
+//! `{"type":"notice","skipped":n,...}` when this client fell behind and `n` lines were skipped
+//! for it, and `{"type":"error","message":...}` (then the server closes) for a bad request.
+//!
+//! The daemon never waits on clients: [`Hub::publish`] appends to a bounded history and a
+//! bounded broadcast channel and returns. Each client has its own task; one that reads too
+//! slowly lags the channel and is told how much it missed; one that stops reading altogether is
+//! disconnected after [`WRITE_TIMEOUT`].
+
+use std::{
+    collections::VecDeque,
+    io::ErrorKind,
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
+    sync::broadcast::{self, error::RecvError, error::TryRecvError},
+};
+
+use super::filter::{Filter, Matcher};
+
+/// Lines the broadcast channel holds for the slowest client before that client starts to miss
+/// lines (it is then told how many with a notice).
+pub const BROADCAST_CAPACITY: usize = 8192;
+/// Verdict lines kept for `--last`; the oldest is evicted first.
+pub const HISTORY_LIMIT: usize = 10_000;
+/// Packet event lines kept for `--last --events`; the oldest is evicted first.
+pub const EVENT_HISTORY_LIMIT: usize = 2_000;
+/// Longest request line accepted, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// How long a client may take to send its request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client whose socket accepts nothing for this long is disconnected.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most clients served at once; more are refused with an error line.
+pub const MAX_CLIENTS: usize = 64;
+/// Most queued lines one client task writes per socket write.
+const BATCH_LINES: usize = 512;
+
+/// One published line.
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    line: Arc<str>,
+    value: Arc<Value>,
+    event: bool,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    next_seq: u64,
+    verdicts: VecDeque<Arc<Entry>>,
+    events: VecDeque<Arc<Entry>>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    tx: broadcast::Sender<Arc<Entry>>,
+    history: Mutex<History>,
+    verdict_limit: usize,
+    event_limit: usize,
+    event_clients: AtomicUsize,
+}
+
+/// Where the daemon publishes its output lines for `tracer observe` clients. Cheap to clone;
+/// every clone is the same hub.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    /// A hub with the default bounds ([`BROADCAST_CAPACITY`], [`HISTORY_LIMIT`],
+    /// [`EVENT_HISTORY_LIMIT`]).
+    pub fn new() -> Self {
+        Self::with_limits(BROADCAST_CAPACITY, HISTORY_LIMIT, EVENT_HISTORY_LIMIT)
+    }
+
+    /// A hub with explicit bounds (each at least 1).
+    pub fn with_limits(capacity: usize, history: usize, event_history: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        Self {
+            inner: Arc::new(HubInner {
+                tx,
+                history: Mutex::new(History::default()),
+                verdict_limit: history.max(1),
+                event_limit: event_history.max(1),
+                event_clients: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Publishes one output line (without its trailing newline) and its parsed value. Never
+    /// blocks on clients: it appends to the bounded history and the bounded channel and returns.
+    /// Packet events (`"type":"packet"`) are kept apart from verdicts so they cannot push
+    /// verdicts out of the history.
+    pub fn publish(&self, line: Arc<str>, value: Arc<Value>) {
+        let line = if line.contains('\n') {
+            // The protocol is one line per message; re-serialize anything multi-line.
+            Arc::from(value.to_string())
+        } else {
+            line
+        };
+        let event = super::is_packet_event(&value);
+        let mut h = self
+            .inner
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = Arc::new(Entry {
+            seq: h.next_seq,
+            line,
+            value,
+            event,
+        });
+        h.next_seq += 1;
+        let (queue, limit) = if event {
+            (&mut h.events, self.inner.event_limit)
+        } else {
+            (&mut h.verdicts, self.inner.verdict_limit)
+        };
+        if queue.len() >= limit {
+            queue.pop_front();
+        }
+        queue.push_back(Arc::clone(&entry));
+        // Sent under the history lock so a subscriber sees every line exactly once: either in
+        // its history snapshot or on its receiver. No receivers is not an error.
+        let _ = self.inner.tx.send(entry);
+    }
+
+    /// Serializes `value` and publishes it.
+    #[cfg(test)]
+    pub fn publish_value(&self, value: Value) {
+        let line: Arc<str> = Arc::from(value.to_string());
+        self.publish(line, Arc::new(value));
+    }
+
+    /// True while at least one client asked for packet events: the daemon may skip serializing
+    /// packet events for the hub otherwise.
+    pub fn wants_events(&self) -> bool {
+        self.inner.event_clients.load(Ordering::Relaxed) > 0
+    }
+
+    /// Lines currently kept (verdicts, packet events).
+    #[cfg(test)]
+    pub fn history_len(&self) -> (usize, usize) {
+        let h = self
+            .inner
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (h.verdicts.len(), h.events.len())
+    }
+
+    /// The last `last` kept lines that match (oldest first) and a receiver for what follows.
+    fn subscribe(
+        &self,
+        last: usize,
+        matcher: &Matcher,
+        events: bool,
+    ) -> (Vec<Arc<Entry>>, broadcast::Receiver<Arc<Entry>>) {
+        let (verdicts, evs, rx) = {
+            let h = self
+                .inner
+                .history
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let rx = self.inner.tx.subscribe();
+            if last == 0 {
+                return (Vec::new(), rx);
+            }
+            // Copy the Arcs only; matching happens outside the lock.
+            let verdicts: Vec<Arc<Entry>> = h.verdicts.iter().cloned().collect();
+            let evs: Vec<Arc<Entry>> = if events {
+                h.events.iter().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            (verdicts, evs, rx)
+        };
+        let mut a = verdicts.iter().rev().peekable();
+        let mut b = evs.iter().rev().peekable();
+        let mut out = Vec::new();
+        while out.len() < last {
+            // Newest first across both queues.
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.seq > y.seq => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => break,
+            };
+            if let Some(e) = next
+                && matcher.matches(&e.value)
+            {
+                out.push(Arc::clone(e));
+            }
+        }
+        out.reverse();
+        (out, rx)
+    }
+}
+
+/// What a client asks for: one JSON line. Every field is optional.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Request {
+    /// Which lines (server-side filtering).
+    pub filter: Filter,
+    /// How many of the kept matching lines to send first (0: none).
+    pub last: usize,
+    /// Keep the connection open and stream new lines (default true).
+    pub follow: bool,
+    /// Include packet events (`"type":"packet"`), when the daemon publishes them.
+    pub events: bool,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Self {
+            filter: Filter::default(),
+            last: 0,
+            follow: true,
+            events: false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct StatsInner {
+    clients: AtomicU64,
+    clients_total: AtomicU64,
+    lines_sent: AtomicU64,
+    lines_skipped: AtomicU64,
+    bad_requests: AtomicU64,
+    refused: AtomicU64,
+    stalled: AtomicU64,
+}
+
+/// Counters of the live-stream server. Cheap to clone; every clone is the same counters.
+#[derive(Clone, Debug, Default)]
+pub struct ObserveStats {
+    inner: Arc<StatsInner>,
+}
+
+/// A copy of [`ObserveStats`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    /// Clients connected and subscribed now.
+    pub clients: u64,
+    /// Clients served since start.
+    pub clients_total: u64,
+    /// Lines written to clients (history and live, notices excluded).
+    pub lines_sent: u64,
+    /// Lines skipped for clients that fell behind the broadcast channel.
+    pub lines_skipped: u64,
+    /// Requests refused as malformed.
+    pub bad_requests: u64,
+    /// Clients refused because [`MAX_CLIENTS`] were connected.
+    pub refused: u64,
+    /// Clients disconnected because their socket accepted nothing for [`WRITE_TIMEOUT`].
+    pub stalled: u64,
+}
+
+impl ObserveStats {
+    /// Current values.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let i = &self.inner;
+        StatsSnapshot {
+            clients: i.clients.load(Ordering::Relaxed),
+            clients_total: i.clients_total.load(Ordering::Relaxed),
+            lines_sent: i.lines_sent.load(Ordering::Relaxed),
+            lines_skipped: i.lines_skipped.load(Ordering::Relaxed),
+            bad_requests: i.bad_requests.load(Ordering::Relaxed),
+            refused: i.refused.load(Ordering::Relaxed),
+            stalled: i.stalled.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The path exists and is not a socket: refuse to replace it.
+    #[error("{} exists and is not a socket: refusing to replace it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Another process answers on the socket.
+    #[error("{} is in use: is another `tracer run` serving on it?", path.display())]
+    InUse {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The path has no file name or parent directory.
+    #[error("bad socket path {}", path.display())]
+    BadPath {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A file system or socket call failed.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
+    let path = path.to_path_buf();
+    move |source| ServeError::Io { what, path, source }
+}
+
+/// Removes the socket file when the server stops, if it is still ours.
+#[derive(Debug)]
+struct SocketGuard {
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A bound live-stream socket, not yet serving. Dropping it removes the socket file.
+#[derive(Debug)]
+pub struct ObserveListener {
+    listener: UnixListener,
+    _guard: SocketGuard,
+}
+
+/// Binds the socket at `path`: creates the parent directory (mode 0700) when missing, replaces
+/// a stale socket (one nobody answers on), refuses a path that is not a socket or a socket in
+/// use. The socket is created with mode 0600 in a private directory and renamed into place, so
+/// it is never reachable with looser permissions. Must run inside a tokio runtime.
+pub fn bind(path: &Path) -> Result<ObserveListener, ServeError> {
+    let bad = || ServeError::BadPath {
+        path: path.to_path_buf(),
+    };
+    let name = path.file_name().ok_or_else(bad)?;
+    let parent = match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => return Err(bad()),
+    };
+    if !parent.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io_err("creating the directory of", path))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServeError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            std::fs::remove_file(path).map_err(io_err("removing the stale socket", path))?;
+        }
+        Ok(_) => {
+            return Err(ServeError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspecting", path)(e)),
+    }
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp_dir = parent.join(tmp_name);
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp_dir)
+        .map_err(io_err("creating a private directory beside", path))?;
+    let tmp_sock = tmp_dir.join("s");
+    let result = (|| {
+        let listener = UnixListener::bind(&tmp_sock).map_err(io_err("binding", path))?;
+        std::fs::set_permissions(&tmp_sock, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err("setting the mode of", path))?;
+        std::fs::rename(&tmp_sock, path).map_err(io_err("moving the socket to", path))?;
+        let ino = std::fs::symlink_metadata(path)
+            .map_err(io_err("inspecting", path))?
+            .ino();
+        Ok(ObserveListener {
+            listener,
+            _guard: SocketGuard {
+                path: path.to_path_buf(),
+                ino,
+            },
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    result
+}
+
+impl ObserveListener {
+    /// Accepts clients until the future is dropped; then every client connection is closed and
+    /// the socket file removed. Accept errors (e.g. out of file descriptors) are logged and
+    /// retried; they do not end the server.
+    pub async fn run(self, hub: Hub, stats: ObserveStats) {
+        // Client tasks live in this set: dropping the server ends them all.
+        let mut clients = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                Some(_) = clients.join_next(), if !clients.is_empty() => continue,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(%err, "observe socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if clients.len() >= MAX_CLIENTS {
+                stats.inner.refused.fetch_add(1, Ordering::Relaxed);
+                clients.spawn(refuse(stream));
+                continue;
+            }
+            let (hub, stats) = (hub.clone(), stats.clone());
+            clients.spawn(async move { serve_client(stream, &hub, &stats).await });
+        }
+    }
+}
+
+/// Binds `path` now (see [`bind`]; errors fail start-up) and returns the server: a future that
+/// serves clients until dropped, to spawn. Dropping it closes every client stream and removes
+/// the socket file.
+pub fn serve(
+    path: &Path,
+    hub: Hub,
+    stats: ObserveStats,
+) -> Result<impl Future<Output = ()> + Send + 'static, ServeError> {
+    Ok(bind(path)?.run(hub, stats))
+}
+
+async fn refuse(mut stream: UnixStream) {
+    let line = error_line(&format!(
+        "too many observe clients (at most {MAX_CLIENTS}); try again later"
+    ));
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(line.as_bytes())).await;
+}
+
+fn error_line(message: &str) -> String {
+    let mut s = json!({"type": "error", "message": message}).to_string();
+    s.push('\n');
+    s
+}
+
+fn notice_line(skipped: u64) -> String {
+    let mut s = json!({
+        "type": "notice",
+        "skipped": skipped,
+        "message": format!("this client fell behind: {skipped} lines skipped"),
+    })
+    .to_string();
+    s.push('\n');
+    s
+}
+
+/// Reads the request line: `Ok(None)` when the client hung up without one.
+async fn read_request(
+    rd: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> Result<Option<Request>, String> {
+    let mut buf = Vec::new();
+    let limit = u64::try_from(MAX_REQUEST_BYTES).unwrap_or(u64::MAX);
+    let read = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        (&mut *rd).take(limit + 1).read_until(b'\n', &mut buf),
+    )
+    .await;
+    match read {
+        Err(_) => return Err(format!("no request line within {REQUEST_TIMEOUT:?}")),
+        Ok(Err(err)) => return Err(format!("reading the request: {err}")),
+        Ok(Ok(0)) => return Ok(None),
+        Ok(Ok(_)) => {}
+    }
+    if buf.len() > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "request line longer than {MAX_REQUEST_BYTES} bytes"
+        ));
+    }
+    let text = std::str::from_utf8(&buf).map_err(|_| "request is not UTF-8".to_owned())?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Some(Request::default()));
+    }
+    serde_json::from_str(text).map_err(|err| format!("bad request: {err}"))
+}
+
+/// Writes `buf` within [`WRITE_TIMEOUT`]; false when the client is gone or stalled.
+async fn write_out(wr: &mut OwnedWriteHalf, buf: &[u8], stats: &ObserveStats) -> bool {
+    match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(buf)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            stats.inner.stalled.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("observe client stalled: disconnected");
+            false
+        }
+    }
+}
+
+/// Decrements a gauge when dropped (the client task may end at any await).
+struct Decrement<'a>(&'a AtomicU64);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Decrements the hub's count of event subscribers when dropped.
+struct EventClient<'a>(&'a AtomicUsize);
+
+impl Drop for EventClient<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_client(stream: UnixStream, hub: &Hub, stats: &ObserveStats) {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let request = match read_request(&mut rd).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(message) => {
+            stats.inner.bad_requests.fetch_add(1, Ordering::Relaxed);
+            let _ = write_out(&mut wr, error_line(&message).as_bytes(), stats).await;
+            return;
+        }
+    };
+    let matcher = match request.filter.compile() {
+        Ok(m) => m,
+        Err(err) => {
+            stats.inner.bad_requests.fetch_add(1, Ordering::Relaxed);
+            let _ = write_out(&mut wr, error_line(&err.to_string()).as_bytes(), stats).await;
+            return;
+        }
+    };
+    let _event_client = request.events.then(|| {
+        hub.inner.event_clients.fetch_add(1, Ordering::Relaxed);
+        EventClient(&hub.inner.event_clients)
+    });
+    let (history, mut rx) = hub.subscribe(request.last, &matcher, request.events);
+    stats.inner.clients.fetch_add(1, Ordering::Relaxed);
+    stats.inner.clients_total.fetch_add(1, Ordering::Relaxed);
+    let _connected = Decrement(&stats.inner.clients);
+
+    let mut buf = Vec::new();
+    for chunk in history.chunks(BATCH_LINES) {
+        buf.clear();
+        for e in chunk {
+            buf.extend_from_slice(e.line.as_bytes());
+            buf.push(b'\n');
+        }
+        if !write_out(&mut wr, &buf, stats).await {
+            return;
+        }
+        stats
+            .inner
+            .lines_sent
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    if !request.follow {
+        let _ = wr.shutdown().await;
+        return;
+    }
+
+    let wanted = |e: &Entry| (request.events || !e.event) && matcher.matches(&e.value);
+    let mut scratch = [0u8; 256];
+    loop {
+        buf.clear();
+        let mut lines = 0u64;
+        tokio::select! {
+            got = rx.recv() => {
+                let mut next = match got {
+                    Ok(e) => Ok(e),
+                    Err(RecvError::Lagged(n)) => Err(n),
+                    Err(RecvError::Closed) => return,
+                };
+                // Drain what is already queued into one write.
+                for _ in 0..BATCH_LINES {
+                    match next {
+                        Ok(e) => {
+                            if wanted(&e) {
+                                buf.extend_from_slice(e.line.as_bytes());
+                                buf.push(b'\n');
+                                lines += 1;
+                            }
+                        }
+                        Err(n) => {
+                            stats.inner.lines_skipped.fetch_add(n, Ordering::Relaxed);
+                            buf.extend_from_slice(notice_line(n).as_bytes());
+                        }
+                    }
+                    next = match rx.try_recv() {
+                        Ok(e) => Ok(e),
+                        Err(TryRecvError::Lagged(n)) => Err(n),
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                    };
+                }
+            }
+            read = rd.read(&mut scratch) => {
+                // The client sends nothing after its request: EOF or an error means it is gone.
+                match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        }
+        if !buf.is_empty() {
+            if !write_out(&mut wr, &buf, stats).await {
+                return;
+            }
+            stats.inner.lines_sent.fetch_add(lines, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn verdict(i: usize, ns: &str, verdict: &str) -> Value {
+        json!({"schema": "tracer.flow/v1", "kind": "dns", "i": i, "verdict": verdict,
+               "client": {"namespace": ns, "pod": format!("pod-{i}")}, "dns": {"qname": "a.example"}})
+    }
+
+    struct Served {
+        _dir: TempDir,
+        path: PathBuf,
+        hub: Hub,
+        stats: ObserveStats,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "tracer-observe-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).expect("temp dir");
+            Self(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn start(hub: Hub) -> Served {
+        let dir = TempDir::new("srv");
+        let path = dir.0.join("sub/tracer.sock");
+        let stats = ObserveStats::default();
+        let listener = bind(&path).expect("bind");
+        let task = tokio::spawn(listener.run(hub.clone(), stats.clone()));
+        Served {
+            _dir: dir,
+            path,
+            hub,
+            stats,
+            task,
+        }
+    }
+
+    struct Client {
+        lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+        _wr: OwnedWriteHalf,
+    }
+
+    impl Client {
+        async fn connect(path: &Path, request: &str) -> Self {
+            let stream = UnixStream::connect(path).await.expect("connect");
+            let (rd, mut wr) = stream.into_split();
+            wr.write_all(request.as_bytes()).await.expect("send");
+            wr.write_all(b"\n").await.expect("send");
+            Self {
+                lines: BufReader::new(rd).lines(),
+                _wr: wr,
+            }
+        }
+
+        async fn next(&mut self) -> Option<Value> {
+            let line = tokio::time::timeout(Duration::from_secs(5), self.lines.next_line())
+                .await
+                .expect("a line within 5 s")
+                .expect("read");
+            line.map(|l| serde_json::from_str(&l).expect("JSON line"))
+        }
+
+        async fn take(&mut self, n: usize) -> Vec<Value> {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(self.next().await.expect("line, not EOF"));
+            }
+            out
+        }
+    }
+
+    async fn wait_clients(stats: &ObserveStats, n: u64) {
+        let start = Instant::now();
+        while stats.snapshot().clients != n {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{n} clients subscribed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn ids(lines: &[Value]) -> Vec<u64> {
+        lines.iter().map(|v| v["i"].as_u64().expect("i")).collect()
+    }
+
+    #[tokio::test]
+    async fn history_then_follow() {
+        let s = start(Hub::new());
+        for i in 0..10 {
+            s.hub
+                .publish_value(verdict(i, if i % 2 == 0 { "a" } else { "b" }, "answered"));
+        }
+        let mut c = Client::connect(&s.path, r#"{"filter":{"namespace":["a"]},"last":3}"#).await;
+        assert_eq!(
+            ids(&c.take(3).await),
+            [4, 6, 8],
+            "last 3 matching, oldest first"
+        );
+        wait_clients(&s.stats, 1).await;
+        for i in 10..14 {
+            s.hub
+                .publish_value(verdict(i, if i % 2 == 0 { "a" } else { "b" }, "answered"));
+        }
+        assert_eq!(ids(&c.take(2).await), [10, 12]);
+        let st = s.stats.snapshot();
+        assert_eq!((st.lines_sent, st.clients, st.clients_total), (5, 1, 1));
+        drop(c);
+        let start = Instant::now();
+        while s.stats.snapshot().clients != 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "hang-up noticed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn no_follow_ends_after_history() {
+        let s = start(Hub::new());
+        for i in 0..5 {
+            s.hub.publish_value(verdict(i, "a", "dropped"));
+        }
+        let mut c = Client::connect(&s.path, r#"{"last":100,"follow":false}"#).await;
+        assert_eq!(ids(&c.take(5).await), [0, 1, 2, 3, 4]);
+        assert!(c.next().await.is_none(), "closed after the history");
+        // An empty request line means defaults: follow, no history.
+        let mut c = Client::connect(&s.path, "").await;
+        wait_clients(&s.stats, 1).await;
+        s.hub.publish_value(verdict(5, "a", "dropped"));
+        assert_eq!(ids(&c.take(1).await), [5]);
+    }
+
+    #[tokio::test]
+    async fn two_clients_different_filters() {
+        let s = start(Hub::new());
+        let mut dropped = Client::connect(&s.path, r#"{"filter":{"verdict":["dropped"]}}"#).await;
+        let mut ns_b = Client::connect(&s.path, r#"{"filter":{"namespace":["b"]}}"#).await;
+        wait_clients(&s.stats, 2).await;
+        let verdicts = ["answered", "dropped"];
+        for i in 0..40 {
+            let ns = if i % 4 < 2 { "a" } else { "b" };
+            s.hub.publish_value(verdict(i, ns, verdicts[i % 2]));
+        }
+        // A sentinel both match, so each client's stream is known to be complete.
+        s.hub.publish_value(verdict(99, "b", "dropped"));
+        let want_dropped: Vec<u64> = (0..40).filter(|i| i % 2 == 1).chain([99]).collect();
+        let want_b: Vec<u64> = (0..40).filter(|i| i % 4 >= 2).chain([99]).collect();
+        assert_eq!(ids(&dropped.take(want_dropped.len()).await), want_dropped);
+        assert_eq!(ids(&ns_b.take(want_b.len()).await), want_b);
+    }
+
+    #[tokio::test]
+    async fn events_only_on_request() {
+        let s = start(Hub::new());
+        let mut plain = Client::connect(&s.path, "{}").await;
+        let mut with = Client::connect(&s.path, r#"{"events":true}"#).await;
+        wait_clients(&s.stats, 2).await;
+        assert!(s.hub.wants_events());
+        s.hub.publish_value(json!({"type": "packet", "i": 0}));
+        s.hub.publish_value(verdict(1, "a", "answered"));
+        assert_eq!(ids(&with.take(2).await), [0, 1]);
+        assert_eq!(ids(&plain.take(1).await), [1]);
+        drop(with);
+        let start = Instant::now();
+        while s.hub.wants_events() {
+            assert!(start.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // History keeps events apart and merges them back in order.
+        let mut c = Client::connect(&s.path, r#"{"events":true,"last":10,"follow":false}"#).await;
+        assert_eq!(ids(&c.take(2).await), [0, 1]);
+        assert_eq!(s.hub.history_len(), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn bad_requests() {
+        let s = start(Hub::new());
+        for (req, needle) in [
+            ("not json", "bad request"),
+            (r#"{"last":-1}"#, "bad request"),
+            (r#"{"filtre":{}}"#, "unknown field"),
+            (r#"{"filter":{"pod":"x"}}"#, "bad request"),
+            (r#"{"filter":{"ip":["300.1.1.1"]}}"#, "not an IP"),
+            (r#"{"filter":{"pod":[""]}}"#, "empty"),
+        ] {
+            let mut c = Client::connect(&s.path, req).await;
+            let v = c.next().await.expect("an error line");
+            assert_eq!(v["type"], "error", "{req}");
+            let msg = v["message"].as_str().expect("message");
+            assert!(msg.contains(needle), "{req}: {msg}");
+            assert!(c.next().await.is_none(), "{req}: closed after the error");
+        }
+        // Oversized request line.
+        let big = format!(
+            r#"{{"filter":{{"pod":["{}"]}}}}"#,
+            "x".repeat(MAX_REQUEST_BYTES)
+        );
+        let mut c = Client::connect(&s.path, &big).await;
+        let v = c.next().await.expect("error line");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains("longer")),
+            "{v}"
+        );
+        assert_eq!(s.stats.snapshot().bad_requests, 7);
+        assert_eq!(s.stats.snapshot().clients_total, 0);
+    }
+
+    #[tokio::test]
+    async fn lines_with_missing_fields_and_odd_values() {
+        let s = start(Hub::new());
+        let mut c = Client::connect(&s.path, r#"{"filter":{"namespace":["a"]}}"#).await;
+        let mut all = Client::connect(&s.path, "{}").await;
+        wait_clients(&s.stats, 2).await;
+        for v in [
+            json!({}),
+            json!(null),
+            json!([1]),
+            json!({"client": null}),
+            json!("x"),
+        ] {
+            s.hub.publish_value(v);
+        }
+        // A multi-line "line" is re-serialized onto one line.
+        s.hub
+            .publish(Arc::from("{\n\"i\": 7\n}"), Arc::new(json!({"i": 7})));
+        s.hub.publish_value(verdict(8, "a", "unknown"));
+        assert_eq!(ids(&c.take(1).await), [8]);
+        let got = all.take(7).await;
+        assert_eq!(got[5], json!({"i": 7}));
+    }
+
+    #[tokio::test]
+    async fn slow_client_gets_a_notice() {
+        let s = start(Hub::with_limits(16, 100, 10));
+        let stream = UnixStream::connect(&s.path).await.expect("connect");
+        let (rd, mut wr) = stream.into_split();
+        wr.write_all(b"{}\n").await.expect("send");
+        wait_clients(&s.stats, 1).await;
+        // Publish far more than the channel holds before the client task gets to run: on this
+        // single-threaded runtime it cannot run until we yield.
+        for i in 0..100 {
+            s.hub.publish_value(verdict(i, "a", "answered"));
+        }
+        let mut c = Client {
+            lines: BufReader::new(rd).lines(),
+            _wr: wr,
+        };
+        let first = c.next().await.expect("a line");
+        assert_eq!(first["type"], "notice", "{first}");
+        let skipped = first["skipped"].as_u64().expect("skipped");
+        assert_eq!(skipped, 84);
+        let rest = c.take(16).await;
+        assert_eq!(ids(&rest), (84..100).collect::<Vec<_>>());
+        assert_eq!(s.stats.snapshot().lines_skipped, 84);
+    }
+
+    #[tokio::test]
+    async fn stalled_client_does_not_delay_others() {
+        const N: usize = 20_000;
+        let s = start(Hub::with_limits(N + 10, 100, 10));
+        // Connects and subscribes, then never reads.
+        let stalled = UnixStream::connect(&s.path).await.expect("connect");
+        let (_stalled_rd, mut stalled_wr) = stalled.into_split();
+        stalled_wr.write_all(b"{}\n").await.expect("send");
+        let mut fast = Client::connect(&s.path, "{}").await;
+        wait_clients(&s.stats, 2).await;
+        // ~6 MB in total: far more than a Unix socket buffers for the stalled client.
+        let pad = "p".repeat(300);
+        let hub = s.hub.clone();
+        let publisher = tokio::spawn(async move {
+            for i in 0..N {
+                let mut v = verdict(i, "a", "answered");
+                v["pad"] = json!(pad);
+                hub.publish_value(v);
+                if i % 256 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let start = Instant::now();
+        let mut got = 0usize;
+        while got < N {
+            let v = fast.next().await.expect("line");
+            assert_eq!(v["i"].as_u64(), Some(got as u64), "in order, none skipped");
+            got += 1;
+        }
+        let took = start.elapsed();
+        publisher.await.expect("publisher");
+        assert!(
+            took < Duration::from_secs(5),
+            "fast client served in {took:?}"
+        );
+        // The stalled client is still connected and far behind: its writes are blocked.
+        let st = s.stats.snapshot();
+        assert_eq!(st.clients, 2);
+        let stalled_sent = st.lines_sent - N as u64;
+        assert!(
+            stalled_sent < N as u64 / 2,
+            "stalled client's socket accepted only {stalled_sent} lines"
+        );
+    }
+
+    #[tokio::test]
+    async fn too_many_clients_refused() {
+        let s = start(Hub::new());
+        let mut held = Vec::new();
+        for _ in 0..MAX_CLIENTS {
+            held.push(Client::connect(&s.path, "{}").await);
+        }
+        wait_clients(&s.stats, MAX_CLIENTS as u64).await;
+        let mut extra = Client::connect(&s.path, "{}").await;
+        let v = extra.next().await.expect("error line");
+        assert_eq!(v["type"], "error");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("too many")),
+            "{v}"
+        );
+        assert_eq!(s.stats.snapshot().refused, 1);
+        // A freed slot is usable again.
+        held.pop();
+        let start = Instant::now();
+        while s.stats.snapshot().clients == MAX_CLIENTS as u64 {
+            assert!(start.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut again = Client::connect(&s.path, "{}").await;
+        wait_clients(&s.stats, MAX_CLIENTS as u64).await;
+        s.hub.publish_value(verdict(1, "a", "answered"));
+        assert_eq!(ids(&again.take(1).await), [1]);
+    }
+
+    #[tokio::test]
+    async fn socket_file_rules() {
+        let dir = TempDir::new("bind");
+        // Parent created 0700, socket 0600.
+        let path = dir.0.join("run/tracer/tracer.sock");
+        let l = bind(&path).expect("bind");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("parent")), 0o700);
+        // In use: refused.
+        assert!(matches!(bind(&path), Err(ServeError::InUse { .. })));
+        // Dropping the listener removes the socket.
+        drop(l);
+        assert!(!path.exists());
+        // A stale socket (nobody listening) is replaced.
+        let stale = std::os::unix::net::UnixListener::bind(&path).expect("stale");
+        drop(stale);
+        assert!(path.exists());
+        let l = bind(&path).expect("rebinds over a stale socket");
+        drop(l);
+        // Not a socket: refused and left alone.
+        std::fs::write(&path, b"precious").expect("write");
+        assert!(matches!(bind(&path), Err(ServeError::NotASocket { .. })));
+        assert_eq!(std::fs::read(&path).expect("read"), b"precious");
+        // No temp directories left behind.
+        let left: Vec<_> = std::fs::read_dir(path.parent().expect("parent"))
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from("tracer.sock")]);
+    }
+
+    #[tokio::test]
+    async fn serve_reports_bind_errors() {
+        let dir = TempDir::new("serve");
+        let path = dir.0.join("file");
+        std::fs::write(&path, b"x").expect("write");
+        let Err(err) = serve(&path, Hub::new(), ObserveStats::default()) else {
+            panic!("not a socket: bind must fail");
+        };
+        assert!(err.to_string().contains("not a socket"), "{err}");
+    }
+}

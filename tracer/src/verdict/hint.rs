@@ -1,0 +1,524 @@
+//! The `hint`: one sentence naming the likely cause and where to look, rendered from the
+//! verdict's own fields (so enrichment can re-render it with pod and node names).
+
+use crate::event::IfaceKind;
+
+use super::model::{
+    ClientSide, Direction, FlowKind, PodMeta, RejectBy, Stage, Transport, Verdict, VerdictKind,
+};
+
+fn pod_name(m: &PodMeta) -> Option<String> {
+    match (&m.namespace, &m.pod) {
+        (Some(ns), Some(p)) => Some(format!("{ns}/{p}")),
+        (None, Some(p)) => Some(p.clone()),
+        _ => None,
+    }
+}
+
+fn client(v: &Verdict) -> String {
+    let ip = v.client.ip;
+    match pod_name(&v.client.meta) {
+        Some(p) => format!("pod {p} ({ip})"),
+        None => match v.facts.client_side {
+            ClientSide::Pod => format!("pod {ip}"),
+            ClientSide::Remote => format!("{ip}"),
+            ClientSide::Host => format!("{ip} (host network)"),
+        },
+    }
+}
+
+fn is_coredns(v: &Verdict) -> bool {
+    let m = &v.server.meta;
+    let named = |s: &Option<String>| {
+        s.as_deref()
+            .is_some_and(|s| s.contains("coredns") || s.contains("kube-dns"))
+    };
+    named(&m.pod)
+        || named(&m.workload)
+        || named(&v.server.service)
+        || (v.server.service_ip.is_some() && v.server.port == 53)
+}
+
+/// "CoreDNS replica kube-system/coredns-x on node-b (198.18.2.30)", "DNS server 10.0.0.2",
+/// "203.0.113.80:80".
+fn server(v: &Verdict) -> String {
+    let ip = v.server.ip;
+    let node = v
+        .server
+        .meta
+        .node
+        .as_deref()
+        .map(|n| format!(" on {n}"))
+        .unwrap_or_default();
+    match v.kind {
+        FlowKind::Dns => {
+            let what = if is_coredns(v) {
+                "CoreDNS replica"
+            } else {
+                "DNS server"
+            };
+            match pod_name(&v.server.meta) {
+                Some(p) => format!("{what} {p}{node} ({ip})"),
+                None => format!("{what} {ip}{node}"),
+            }
+        }
+        FlowKind::Egress => match pod_name(&v.server.meta) {
+            Some(p) => format!("pod {p}{node} ({ip}:{})", v.server.port),
+            None => format!("{ip}:{}{node}", v.server.port),
+        },
+    }
+}
+
+fn proto(v: &Verdict) -> Transport {
+    v.transport
+}
+
+/// "the DNS query for example.com (A)", "the SYN", "the UDP packet".
+fn request(v: &Verdict) -> String {
+    match (&v.dns, v.kind) {
+        (Some(d), _) => match (&d.qname, &d.qtype) {
+            (Some(q), Some(t)) => format!("the DNS query for {q} ({t})"),
+            (Some(q), None) => format!("the DNS query for {q}"),
+            _ if d.transport == Transport::Tcp => "the DNS-over-TCP connection".into(),
+            _ => "the DNS query".into(),
+        },
+        (None, _) if proto(v) == Transport::Tcp => "the SYN".into(),
+        _ => "the UDP packet".into(),
+    }
+}
+
+fn at_iface(v: &Verdict) -> String {
+    match (&v.drop, &v.where_.interface) {
+        (Some(d), Some(i)) if d.interface.is_none() => format!("after {i} (no device on the drop)"),
+        (_, Some(i)) => format!("at {i}"),
+        (_, None) => "in the node's own output path (no device)".into(),
+    }
+}
+
+fn iface(v: &Verdict) -> String {
+    v.where_
+        .interface
+        .clone()
+        .unwrap_or_else(|| "the node".into())
+}
+
+fn retries_suffix(v: &Verdict) -> String {
+    let n = v
+        .dns
+        .as_ref()
+        .map(|d| d.retries)
+        .or(v.egress.as_ref().map(|e| e.retries))
+        .unwrap_or(0);
+    let mut s = match (n, v.kind) {
+        (0, _) => String::new(),
+        (1, FlowKind::Dns) => " (after 1 client retry)".into(),
+        (n, FlowKind::Dns) => format!(" (after {n} client retries)"),
+        (1, FlowKind::Egress) => " (after 1 SYN retransmission)".into(),
+        (n, FlowKind::Egress) => format!(" (after {n} SYN retransmissions)"),
+    };
+    if let Some(e) = &v.facts.earlier {
+        s.push_str(&format!("; {e}"));
+    }
+    s
+}
+
+fn window(v: &Verdict) -> String {
+    let w = v.facts.window_s;
+    if (w - w.round()).abs() < 1e-9 {
+        format!("{w:.0} s")
+    } else {
+        format!("{w} s")
+    }
+}
+
+fn rcode_text(rcode: &str) -> &'static str {
+    match rcode {
+        "NXDOMAIN" => {
+            "the name does not exist (check the name, the pod's search domains and ndots)"
+        }
+        "SERVFAIL" => {
+            "the server could not resolve it (check the CoreDNS logs and its upstream/forward servers)"
+        }
+        "REFUSED" => "the server refused the query (check the Corefile zones and ACLs)",
+        "NOTIMP" => "the server does not implement this query type",
+        "FORMERR" => "the server could not parse the query",
+        _ => "the server answered with an error code",
+    }
+}
+
+fn answered(v: &Verdict) -> String {
+    let Some(d) = &v.dns else {
+        return String::new();
+    };
+    let rcode = d.rcode.as_deref().unwrap_or("an answer");
+    let lat = d
+        .latency_ms
+        .map(|l| format!(" in {l} ms"))
+        .unwrap_or_default();
+    let q = d.qname.as_deref().unwrap_or("the query");
+    if v.facts.client_side == ClientSide::Remote {
+        return format!(
+            "{} on this node answered {rcode} to {} and the reply left {} via {}{lat}; if the client did not get it, it was lost outside this node (check the network ACLs and security groups on the client's side)",
+            server(v),
+            client(v),
+            v.node,
+            iface(v)
+        );
+    }
+    if rcode != "NOERROR" && d.rcode.is_some() {
+        return format!(
+            "{} answered {rcode} for {q}{lat}: not a network failure, {}{}",
+            server(v),
+            rcode_text(rcode),
+            retries_suffix(v)
+        );
+    }
+    let mut s = format!(
+        "{} answered {q} with {rcode} ({} answer{}){lat}",
+        server(v),
+        d.answers.unwrap_or(0),
+        if d.answers == Some(1) { "" } else { "s" }
+    );
+    if d.tcp_fallback {
+        s.push_str(" over TCP after a truncated UDP answer");
+    }
+    s.push_str(&retries_suffix(v));
+    if v.facts.truncated_no_fallback {
+        s.push_str("; the answer was truncated (TC) and the client did not retry over TCP: large answers need TCP 53 or EDNS0");
+    }
+    if v.facts.delivery_unobserved {
+        s.push_str("; delivery to the host-network client inferred (no drop followed)");
+    }
+    s
+}
+
+fn established(v: &Verdict) -> String {
+    let lat = v
+        .egress
+        .as_ref()
+        .and_then(|e| e.latency_ms)
+        .map(|l| format!(" in {l} ms"))
+        .unwrap_or_default();
+    let via = v
+        .egress_interface
+        .as_ref()
+        .map(|e| format!(" via {}", e.name))
+        .unwrap_or_default();
+    let snat = v
+        .egress
+        .as_ref()
+        .and_then(|e| e.snat_ip)
+        .map(|ip| format!(" (SNAT to {ip})"))
+        .unwrap_or_default();
+    let what = if proto(v) == Transport::Tcp {
+        "connection"
+    } else {
+        "UDP flow"
+    };
+    format!(
+        "{what} from {} to {} established{lat}{via}{snat}{}",
+        client(v),
+        server(v),
+        retries_suffix(v)
+    )
+}
+
+fn dropped(v: &Verdict) -> String {
+    let Some(d) = &v.drop else {
+        return format!("the kernel on {} dropped {}", v.node, request(v));
+    };
+    let reason = d.reason.to_ascii_uppercase();
+    let req = d.direction == Direction::Request;
+    let p = proto(v).upper();
+    let port = v.server.port;
+    let node = &v.node;
+    let suffix = retries_suffix(v);
+    match v.where_.stage {
+        Stage::Netfilter if req => format!(
+            "an iptables/nftables rule (NetworkPolicy?) on node {node} dropped {} from {} to {} {}; look at `iptables-save` (and `nft list ruleset`) for a DROP rule matching {p} {port}{suffix}",
+            request(v),
+            client(v),
+            server(v),
+            at_iface(v)
+        ),
+        Stage::Netfilter => format!(
+            "an iptables/nftables rule on node {node} dropped the reply from {} to {} {}; look at `iptables-save` for a DROP rule and at conntrack (`conntrack -S`: insert_failed, invalid){suffix}",
+            server(v),
+            client(v),
+            at_iface(v)
+        ),
+        Stage::Routing if reason.contains("RPFILTER") && !req => format!(
+            "reverse-path filter on {} dropped the reply from {}: asymmetric routing (reply arrived on a different ENI than the route back); set rp_filter=2 (loose) on {}{suffix}",
+            iface(v),
+            server(v),
+            iface(v)
+        ),
+        Stage::Routing if reason.contains("RPFILTER") => format!(
+            "reverse-path filter on {} dropped {} from {}: its source is not routed back via {}; check the policy routing (`ip rule`, the ENI route tables) or set rp_filter=2 (loose) on {}{suffix}",
+            iface(v),
+            request(v),
+            client(v),
+            iface(v),
+            iface(v)
+        ),
+        Stage::Routing => {
+            let (src, dst) = if req {
+                (v.client.ip, v.server.ip)
+            } else {
+                (v.server.ip, v.client.ip)
+            };
+            let iif = v
+                .where_
+                .interface
+                .as_deref()
+                .map(|i| format!(" iif {i}"))
+                .unwrap_or_default();
+            format!(
+                "node {node} has no usable route for {} from {} to {} ({} at {}): check `ip route get {dst} from {src}{iif}`, the pod's ENI route table (`ip rule`) and the default route / NAT gateway{suffix}",
+                if req { request(v) } else { "the reply".into() },
+                client(v),
+                server(v),
+                d.reason,
+                d.location
+            )
+        }
+        Stage::ServerSocket if reason.contains("NO_SOCKET") => format!(
+            "nothing listens on {p} {port} at {}: {} from {} reached it but no socket was bound (CoreDNS down or restarting?){suffix}",
+            server(v),
+            request(v),
+            client(v)
+        ),
+        Stage::ClientSocket if reason.contains("NO_SOCKET") => format!(
+            "the reply from {} arrived after {} closed its socket (port {}): the client gave up before the answer came; check the server's latency and the client's timeout{suffix}",
+            server(v),
+            client(v),
+            v.client.port
+        ),
+        Stage::ServerSocket | Stage::ClientSocket => format!(
+            "the {} socket dropped {} ({} at {}): receive buffer full? the process is not reading fast enough (overloaded){suffix}",
+            if req { "server's" } else { "client's" },
+            if req { request(v) } else { "the reply".into() },
+            d.reason,
+            d.location
+        ),
+        _ => format!(
+            "the kernel on node {node} dropped {} {} ({} at {}){suffix}",
+            if req {
+                format!("{} from {}", request(v), client(v))
+            } else {
+                format!("the reply from {} to {}", server(v), client(v))
+            },
+            at_iface(v),
+            d.reason,
+            d.location
+        ),
+    }
+}
+
+fn rejected(v: &Verdict) -> String {
+    let p = proto(v).upper();
+    let port = v.server.port;
+    match &v.rejection {
+        Some(r) if r.by == RejectBy::TcpRst => format!(
+            "{} answered {} from {} with a TCP RST: nothing listens on port {port} there, or a firewall rejects it (REJECT --reject-with tcp-reset){}",
+            server(v),
+            request(v),
+            client(v),
+            retries_suffix(v)
+        ),
+        Some(r) => {
+            let icmp = r.icmp.as_deref().unwrap_or("error");
+            let why = match icmp {
+                "port_unreachable" if v.kind == FlowKind::Dns => {
+                    format!("nothing listens on {p} {port} there (CoreDNS down or restarting?)")
+                }
+                "port_unreachable" => format!("nothing listens on {p} {port} there"),
+                "host_unreachable" | "net_unreachable" => {
+                    "a router or the host says it is unreachable (check the routes, that the pod still exists, ARP/neighbour entries)".into()
+                }
+                "administratively_prohibited" => {
+                    "a firewall rejects it (iptables REJECT with icmp-admin-prohibited, NetworkPolicy)".into()
+                }
+                _ => "the path or the host refuses the packet".into(),
+            };
+            format!(
+                "ICMP {icmp} came back for {} from {} to {}: {why}{}",
+                request(v),
+                client(v),
+                server(v),
+                retries_suffix(v)
+            )
+        }
+        None => format!("{} was rejected", request(v)),
+    }
+}
+
+fn lost(v: &Verdict) -> String {
+    let p = proto(v).upper();
+    let w = window(v);
+    let (via, vlan, branch) = match &v.egress_interface {
+        Some(e) => (e.name.clone(), e.vlan, e.kind == IfaceKind::BranchEni),
+        None => (iface(v), None, false),
+    };
+    let vlan_txt = vlan.map(|n| format!(", VLAN {n}")).unwrap_or_default();
+    let eni = v
+        .egress_interface
+        .as_ref()
+        .and_then(|e| e.eni_id.as_deref())
+        .map(|e| format!(" {e}"))
+        .unwrap_or_default();
+    let via_txt = if branch {
+        format!("{via} (branch ENI{eni}{vlan_txt})")
+    } else {
+        via.clone()
+    };
+    let first = match (&v.facts.first_iface, v.facts.client_side) {
+        (Some(i), ClientSide::Host) => {
+            format!(" (first seen at {i}: host-network client or untraced pod veth)")
+        }
+        _ => String::new(),
+    };
+    let suffix = retries_suffix(v);
+    if v.kind == FlowKind::Egress {
+        let what = if p == "TCP" { "SYN" } else { "UDP" };
+        let back = if p == "TCP" { "SYN-ACK" } else { "reply" };
+        let check = if branch {
+            format!(
+                "check the pod security group egress rules of the branch ENI, route table {} and the NAT gateway",
+                vlan.map_or("vlanId+100".into(), |n| (u32::from(n) + 100).to_string())
+            )
+        } else {
+            "check route table / NAT gateway / security group egress rules".into()
+        };
+        return format!(
+            "{what} from {} left via {via_txt} toward {} and no {back} came back within {w}: {check}{suffix}",
+            client(v),
+            server(v)
+        );
+    }
+    let sg = if branch {
+        "pod security group (on the branch ENI)".to_string()
+    } else {
+        "node security group".into()
+    };
+    let lead = if v.facts.after_truncation {
+        format!(
+            "after a truncated UDP answer, the TCP 53 fallback from {} left",
+            client(v)
+        )
+    } else {
+        format!("{p} 53 from {} left", client(v))
+    };
+    let base = format!(
+        "{lead} node {} via {via_txt} toward {} and no reply came back within {w}{first}",
+        v.node,
+        server(v)
+    );
+    if v.facts.other_transport_ok {
+        let other = proto(v).other().upper();
+        return format!(
+            "{base}; {other} 53 to the same server succeeds, so {p} 53 is being filtered: check that the {sg} allows {p} 53 to {} (and the server's security group allows it in), and the network ACLs{suffix}",
+            v.server.ip
+        );
+    }
+    if v.facts.same_transport_ok {
+        return format!(
+            "{base}; {p} 53 to the same server was answered recently, so the loss is intermittent: check the ENA allowance counters (`ethtool -S {via}`: pps/conntrack/linklocal_allowance_exceeded) and the server's load{suffix}"
+        );
+    }
+    format!(
+        "{base}: check that the {sg} allows {p} 53 to {} and the server's security group allows it in, that the network ACLs allow the return path (ephemeral ports 1024-65535), and the route to {}{suffix}",
+        v.server.ip, v.server.ip
+    )
+}
+
+fn unanswered(v: &Verdict) -> String {
+    let w = window(v);
+    match v.kind {
+        FlowKind::Dns => format!(
+            "{} received {} at {} and never replied within {w} (overloaded or hung): check its logs, CPU throttling and readiness{}",
+            server(v),
+            request(v),
+            iface(v),
+            retries_suffix(v)
+        ),
+        FlowKind::Egress => format!(
+            "{} received {} from {} at {} and never replied within {w}: the process is not accepting (backlog full?) or the pod is hung{}",
+            server(v),
+            request(v),
+            client(v),
+            iface(v),
+            retries_suffix(v)
+        ),
+    }
+}
+
+fn unknown(v: &Verdict) -> String {
+    let note = v
+        .evidence_note
+        .as_deref()
+        .unwrap_or("the evidence is incomplete");
+    let dir = match v.where_.direction {
+        Direction::Request => "request",
+        Direction::Response => "response",
+    };
+    let last = if note.contains("last seen") || note.contains("reached the node") {
+        String::new()
+    } else {
+        match &v.where_.interface {
+            Some(i) => format!("; the {dir} was last seen at {i}"),
+            None => format!("; the {dir} was last seen in the node's stack"),
+        }
+    };
+    let claim = match v.facts.downgraded_from {
+        Some(k) => {
+            let advice = if note.contains("could not be attributed") {
+                ": parallel A/AAAA queries from one socket lose one to the conntrack insert race (`conntrack -S`: insert_failed); `options single-request-reopen` in the pod's resolv.conf avoids it"
+            } else if note.contains("flow table full") {
+                ": raise the flow table limit"
+            } else if note.contains("tracer stopped") {
+                ""
+            } else {
+                ": check the tracer's loss counters and look again"
+            };
+            format!(
+                "; with complete evidence this would read `{}`, which is not claimed on incomplete evidence{advice}",
+                k.as_str()
+            )
+        }
+        None => String::new(),
+    };
+    let nodelocal = if v.server.ip.to_string() == "169.254.20.10" {
+        "; 169.254.20.10 is NodeLocal DNSCache on this node: check the node-local-dns pod"
+    } else {
+        ""
+    };
+    format!(
+        "no verdict for {} from {}: {note}{last}{claim}{nodelocal}",
+        request(v),
+        client(v)
+    )
+}
+
+/// Renders the hint of `v`.
+pub fn render(v: &Verdict) -> String {
+    let s = match v.verdict {
+        VerdictKind::Answered => answered(v),
+        VerdictKind::Established => established(v),
+        VerdictKind::Dropped => dropped(v),
+        VerdictKind::Rejected => rejected(v),
+        VerdictKind::LostBeyondNode => lost(v),
+        VerdictKind::Unanswered => unanswered(v),
+        VerdictKind::Unknown => unknown(v),
+    };
+    let mut out = s;
+    if let Some(first) = out.get(..1)
+        && first != "`"
+    {
+        out = first.to_uppercase() + out.get(1..).unwrap_or_default();
+    }
+    if !out.ends_with('.') {
+        out.push('.');
+    }
+    out
+}

@@ -1,0 +1,446 @@
+//! The output contract: one [`Verdict`] per flow, serialized as one JSON object
+//! (`"schema": "tracer.flow/v1"`, JSON Schema in `docs/schema/flow-v1.json`).
+//!
+//! Every key is always present (`null` when it does not apply or is not known yet), so SIEM
+//! mappings see one shape. The enrichment stage fills the `Option` metadata fields
+//! ([`PodMeta`], [`Server::service`], [`EgressInterface::eni_id`], [`Verdict::time`],
+//! [`Verdict::enrichment`]) and then calls [`Verdict::refresh_hint`] so the hint names pods
+//! and nodes instead of bare addresses.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::event::{Hook, IfaceKind};
+
+/// Value of [`Verdict::schema`].
+pub const SCHEMA: &str = "tracer.flow/v1";
+
+/// What kind of flow a verdict is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowKind {
+    /// One DNS query of a client (with its retries and TCP fallback).
+    Dns,
+    /// A pod's connection attempt (TCP SYN) or first UDP packet of a tuple, DNS excluded.
+    Egress,
+}
+
+/// The outcome of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    /// A DNS response was delivered to the client (any rcode).
+    Answered,
+    /// The egress handshake completed (SYN-ACK, or any UDP reply).
+    Established,
+    /// The kernel of this node dropped the request or the response.
+    Dropped,
+    /// The request left this node through an uplink or branch ENI and nothing came back.
+    LostBeyondNode,
+    /// The request reached a server on this node, which never replied.
+    Unanswered,
+    /// An ICMP error or a TCP RST came back.
+    Rejected,
+    /// The evidence does not support any other verdict (events lost, flow table full, the
+    /// request vanished without a recorded drop, ...). `evidence` is then `incomplete`.
+    Unknown,
+}
+
+impl VerdictKind {
+    /// All kinds, in schema order.
+    #[allow(
+        dead_code,
+        reason = "for the metrics stage (one counter per verdict label)"
+    )]
+    pub const ALL: [VerdictKind; 7] = [
+        VerdictKind::Answered,
+        VerdictKind::Established,
+        VerdictKind::Dropped,
+        VerdictKind::LostBeyondNode,
+        VerdictKind::Unanswered,
+        VerdictKind::Rejected,
+        VerdictKind::Unknown,
+    ];
+
+    /// Name as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictKind::Answered => "answered",
+            VerdictKind::Established => "established",
+            VerdictKind::Dropped => "dropped",
+            VerdictKind::LostBeyondNode => "lost_beyond_node",
+            VerdictKind::Unanswered => "unanswered",
+            VerdictKind::Rejected => "rejected",
+            VerdictKind::Unknown => "unknown",
+        }
+    }
+
+    /// Verdicts that rest on the absence of an event: they are never claimed on incomplete
+    /// evidence (they become `unknown`).
+    pub fn is_negative(self) -> bool {
+        matches!(self, VerdictKind::LostBeyondNode | VerdictKind::Unanswered)
+    }
+}
+
+/// Whether every event of the flow may be assumed seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    /// No event loss overlapped the flow and it ran its full course.
+    Complete,
+    /// Events may be missing; `evidence_note` says why.
+    Incomplete,
+}
+
+/// Direction of a packet relative to the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Client to server (query, SYN, first UDP packet).
+    Request,
+    /// Server to client (answer, SYN-ACK, RST, ICMP error, UDP reply).
+    Response,
+}
+
+/// Transport of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl Transport {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+    /// Upper-case name, for sentences.
+    pub fn upper(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+    /// The other transport.
+    pub fn other(self) -> Transport {
+        match self {
+            Transport::Udp => Transport::Tcp,
+            Transport::Tcp => Transport::Udp,
+        }
+    }
+}
+
+/// Observation point category of [`Where::stage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The client pod's host-side veth.
+    ClientVeth,
+    /// The host-side veth of a server pod on this node (e.g. a local CoreDNS replica).
+    ServerVeth,
+    /// A node uplink (primary or secondary ENI).
+    Uplink,
+    /// A branch ENI (security groups for pods).
+    BranchEni,
+    /// The trunk ENI.
+    Trunk,
+    /// Loopback.
+    Loopback,
+    /// An interface of another kind (bridge, tunnel, dummy).
+    Other,
+    /// Dropped by netfilter (iptables/nftables) on the node.
+    Netfilter,
+    /// Dropped by routing (no route, reverse-path filter, martian source).
+    Routing,
+    /// Dropped at the server's socket layer (no socket listening, buffer full).
+    ServerSocket,
+    /// Dropped at the client's socket layer (the client no longer listens).
+    ClientSocket,
+    /// Dropped inside the server pod's network namespace (other reasons).
+    ServerPod,
+    /// Dropped inside the client pod's network namespace (other reasons).
+    ClientPod,
+    /// Dropped elsewhere in the node's stack.
+    Stack,
+}
+
+/// The last observation point of the flow, i.e. where it ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Where {
+    /// Category of the point.
+    pub stage: Stage,
+    /// Interface name (null for drops without a device, e.g. in the OUTPUT path).
+    pub interface: Option<String>,
+    /// Interface kind (null when no interface).
+    pub interface_kind: Option<IfaceKind>,
+    /// Direction of the packet seen there.
+    pub direction: Direction,
+    /// Node name (the tracer's `--node`).
+    pub node: String,
+}
+
+/// One observation of the flow.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PathEntry {
+    /// Milliseconds since the flow's first sighting.
+    pub t_ms: f64,
+    /// Hook.
+    pub hook: Hook,
+    /// Interface name (null for drops without a device).
+    pub interface: Option<String>,
+    /// Interface kind (null when no interface).
+    pub interface_kind: Option<IfaceKind>,
+    /// Direction of the packet.
+    pub direction: Direction,
+    /// Source `ip:port` as seen there (for ICMP errors: of the quoted packet).
+    pub src: String,
+    /// Destination `ip:port` as seen there (for ICMP errors: of the quoted packet).
+    pub dst: String,
+    /// Attempt number: 0 for the first query/SYN, 1.. for client retries and TCP fallback.
+    pub attempt: u32,
+    /// What happened there: translations, flags, rcode, drop reason, ICMP type.
+    pub note: Option<String>,
+}
+
+/// A kernel drop (present iff `verdict` is `dropped`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DropOut {
+    /// Drop reason name from the kernel's BTF (`NETFILTER_DROP`, `IP_RPFILTER`, ...).
+    pub reason: String,
+    /// Raw reason value.
+    pub reason_code: u32,
+    /// Kernel location (`symbol+0xoff`).
+    pub location: String,
+    /// Device the packet was on (null when none).
+    pub interface: Option<String>,
+    /// Kind of that device (null when none).
+    pub interface_kind: Option<IfaceKind>,
+    /// Network namespace inode (0 when unknown).
+    pub netns: u32,
+    /// Whether the request or the response was dropped.
+    pub direction: Direction,
+}
+
+/// How the request was rejected (present iff `verdict` is `rejected`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rejection {
+    /// `icmp` or `tcp_rst`.
+    pub by: RejectBy,
+    /// ICMP error name (e.g. `port_unreachable`), for `icmp`.
+    pub icmp: Option<String>,
+}
+
+/// Kind of rejection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectBy {
+    /// An ICMP error quoting the request.
+    Icmp,
+    /// A TCP RST answering the SYN.
+    TcpRst,
+}
+
+/// DNS facts (present iff `kind` is `dns`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DnsOut {
+    /// Message id of the attempt the verdict is about (null if no DNS header was seen, e.g. a
+    /// TCP connection whose SYN never got an answer).
+    pub id: Option<u16>,
+    /// Question name.
+    pub qname: Option<String>,
+    /// Question type.
+    pub qtype: Option<String>,
+    /// Response code of the answer (null when none was seen).
+    pub rcode: Option<String>,
+    /// Number of answer records (null when no answer was seen).
+    pub answers: Option<u16>,
+    /// The answer had the TC bit (truncated).
+    pub truncated: bool,
+    /// Answer delivered minus first query sighting, in ms (null when not answered).
+    pub latency_ms: Option<f64>,
+    /// Transport of the attempt the verdict is about.
+    pub transport: Transport,
+    /// Client retries linked into this flow.
+    pub retries: u32,
+    /// The client retried over TCP after a truncated UDP answer.
+    pub tcp_fallback: bool,
+}
+
+/// Egress facts (present iff `kind` is `egress`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EgressOut {
+    /// SYN retransmissions seen.
+    pub retries: u32,
+    /// First request sighting to reply sighting, in ms (null when no reply).
+    pub latency_ms: Option<f64>,
+    /// Source address after SNAT on the uplink (null when not SNATed or not seen leaving).
+    pub snat_ip: Option<IpAddr>,
+    /// Source port after SNAT.
+    pub snat_port: Option<u16>,
+}
+
+/// Kubernetes identity of an endpoint, filled by the enrichment stage (all null until then).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PodMeta {
+    /// Pod name.
+    pub pod: Option<String>,
+    /// Pod namespace.
+    pub namespace: Option<String>,
+    /// Owning workload (`Deployment/coredns`, ...).
+    pub workload: Option<String>,
+    /// Node name.
+    pub node: Option<String>,
+}
+
+/// The client side of a flow (pre-SNAT: the pod's own address).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Client {
+    /// Address.
+    pub ip: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Kubernetes identity.
+    #[serde(flatten)]
+    pub meta: PodMeta,
+}
+
+/// The server side of a flow (post-DNAT: the pod actually reached).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Server {
+    /// Address after DNAT.
+    pub ip: IpAddr,
+    /// Port after DNAT.
+    pub port: u16,
+    /// The Service address the client used, when a DNAT was seen (e.g. the kube-dns ClusterIP).
+    pub service_ip: Option<IpAddr>,
+    /// The Service (`kube-system/kube-dns`), filled by enrichment.
+    pub service: Option<String>,
+    /// Kubernetes identity of the server pod.
+    #[serde(flatten)]
+    pub meta: PodMeta,
+}
+
+/// The interface through which the request left the node.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EgressInterface {
+    /// Name (`eth0`, `vlan.eth.1`).
+    pub name: String,
+    /// Kind (`uplink`, `branch_eni`, `trunk`).
+    pub kind: IfaceKind,
+    /// VLAN id, for a branch ENI.
+    pub vlan: Option<u16>,
+    /// ENI id (`eni-...`), filled by enrichment from the pod's `vpc.amazonaws.com/pod-eni`.
+    pub eni_id: Option<String>,
+}
+
+/// One flow's verdict.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    /// Always [`SCHEMA`].
+    pub schema: &'static str,
+    /// Wall-clock time (RFC 3339) of the first sighting, filled by the daemon.
+    pub time: Option<String>,
+    /// First sighting, CLOCK_MONOTONIC ns.
+    pub start_ns: u64,
+    /// Last sighting, CLOCK_MONOTONIC ns.
+    pub end_ns: u64,
+    /// Node name.
+    pub node: String,
+    /// Join key, identical on every node for the same query/connection attempt:
+    /// `dns:<transport>:<client ip:port>><server ip:port after DNAT>#<dns id>` or
+    /// `<transport>:<pod ip:port before SNAT>><server ip:port>`.
+    pub key: String,
+    /// Keys of the flow's other attempts (client retries, TCP fallback), for joins.
+    pub related_keys: Vec<String>,
+    /// DNS or egress.
+    pub kind: FlowKind,
+    /// Transport of the attempt the verdict is about (for DNS, also `dns.transport`).
+    pub transport: Transport,
+    /// Outcome.
+    pub verdict: VerdictKind,
+    /// Whether all events may be assumed seen.
+    pub evidence: Evidence,
+    /// Why the evidence is incomplete (null when complete).
+    pub evidence_note: Option<String>,
+    /// Where the flow ended.
+    #[serde(rename = "where")]
+    pub where_: Where,
+    /// Every sighting, in time order.
+    pub path: Vec<PathEntry>,
+    /// Sightings left out of `path` to bound memory.
+    pub path_omitted: u32,
+    /// The drop (iff `dropped`).
+    pub drop: Option<DropOut>,
+    /// The rejection (iff `rejected`).
+    pub rejection: Option<Rejection>,
+    /// DNS facts (iff `kind` is `dns`).
+    pub dns: Option<DnsOut>,
+    /// Egress facts (iff `kind` is `egress`).
+    pub egress: Option<EgressOut>,
+    /// Client.
+    pub client: Client,
+    /// Server.
+    pub server: Server,
+    /// Interface through which the request left the node (null if it did not leave through
+    /// an uplink, branch ENI or trunk).
+    pub egress_interface: Option<EgressInterface>,
+    /// State of Kubernetes metadata, set by enrichment (e.g. `complete`, `partial`); null when
+    /// enrichment did not run.
+    pub enrichment: Option<String>,
+    /// One sentence: the likely cause and where to look.
+    pub hint: String,
+    /// Facts behind the hint that are not in the JSON.
+    #[serde(skip)]
+    pub(crate) facts: HintFacts,
+}
+
+impl Verdict {
+    /// Re-renders [`Verdict::hint`] from the current fields (call after enrichment).
+    pub fn refresh_hint(&mut self) {
+        self.hint = super::hint::render(self);
+    }
+}
+
+/// Where the client sits relative to this node, judged from the first request sighting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum ClientSide {
+    /// A pod of this node (first seen entering at its veth).
+    #[default]
+    Pod,
+    /// Another machine (first seen entering at an uplink/branch ENI/trunk).
+    Remote,
+    /// This node's own stack (host network), or unknown: first seen leaving or dropped.
+    Host,
+}
+
+/// Context for the hint that is not part of the JSON.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct HintFacts {
+    /// Flow window in seconds.
+    pub window_s: f64,
+    /// The other transport to the same server was answered recently (DNS lost verdicts).
+    pub other_transport_ok: bool,
+    /// This transport to the same server was answered recently while this flow was lost.
+    pub same_transport_ok: bool,
+    /// Summary of the earlier attempts' outcomes, e.g. "attempt 0 dropped (NETFILTER_DROP)".
+    pub earlier: Option<String>,
+    /// Where the client is.
+    pub client_side: ClientSide,
+    /// Interface of the first request sighting.
+    pub first_iface: Option<String>,
+    /// A truncated UDP answer was delivered and the client did not fall back to TCP.
+    pub truncated_no_fallback: bool,
+    /// A truncated UDP answer preceded the attempt the verdict is about (TCP fallback).
+    pub after_truncation: bool,
+    /// The verdict was downgraded to `unknown` from this one.
+    pub downgraded_from: Option<VerdictKind>,
+    /// The SYN-ACK/answer was seen at the node but its delivery to the client was not observable.
+    pub delivery_unobserved: bool,
+}
