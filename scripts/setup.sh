@@ -60,3 +60,7 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$bpf_linker_version"; then
 fi
 
 log "ready: $(rustc "+$toolchain" --version), $(bpf-linker --version)"
+
+# kube-apiserver v1.20.2 and etcd for the Kubernetes-enrichment tests (xtask::apiserver), built
+# offline from Debian's kubernetes source package; cached, so instant after the first run.
+"$here/scripts/build-kube-apiserver.sh" >/dev/null

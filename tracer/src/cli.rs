@@ -24,6 +24,19 @@ pub enum Command {
     /// (root only: reads its Unix socket). E.g. `tracer observe --verdict dropped,lost_beyond_node
     /// -n shop` or `tracer observe --last 100 --no-follow -o json`.
     Observe(crate::observe::client::ObserveArgs),
+    /// Start the Kubernetes metadata cache, wait until it is ready, print it as JSON and exit.
+    #[command(hide = true)]
+    MetaDump(MetaDumpArgs),
+    /// Fill the metadata cache with synthetic pods, nodes and services; print memory use.
+    #[command(hide = true)]
+    MetaBench {
+        /// Pods on this node.
+        #[arg(long, default_value_t = 500)]
+        pods: usize,
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 50)]
+        nodes: usize,
+    },
     /// Measure the kernel programs' cost per packet with BPF_PROG_TEST_RUN (needs root).
     #[command(hide = true)]
     Bench {
@@ -31,6 +44,23 @@ pub enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         packets: u32,
     },
+}
+
+/// Options of `tracer meta-dump`.
+#[derive(Debug, Args)]
+pub struct MetaDumpArgs {
+    /// Kubeconfig to use (default: in-cluster config, then $KUBECONFIG).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Node whose pods to watch (defaults to NODE_NAME; all pods when unset).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// VPC CNI host veth prefix.
+    #[arg(long, env = "AWS_VPC_K8S_CNI_VETHPREFIX", default_value = "eni")]
+    pub veth_prefix: String,
+    /// How long to wait for the cache to be ready (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Options of `tracer run`.
@@ -61,6 +91,20 @@ pub struct RunArgs {
     /// Node name reported in verdicts (defaults to NODE_NAME, then the host name).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// Kubeconfig for Kubernetes names (default: in-cluster config, then $KUBECONFIG; without
+    /// any, verdicts carry IPs only).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// VPC CNI host veth prefix (AWS_VPC_K8S_CNI_VETHPREFIX).
+    #[arg(long, env = "AWS_VPC_K8S_CNI_VETHPREFIX", default_value = "eni")]
+    pub veth_prefix: String,
+
+    /// Take Kubernetes names from the built-in lab's topology file instead of an API server
+    /// (`cargo xtask lab up` writes /run/tracer-lab/topology.json).
+    #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
+    pub lab_metadata: Option<PathBuf>,
 
     /// Interval between counter log lines on stderr.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

@@ -327,10 +327,6 @@ impl Metrics {
         }
     }
 
-    #[allow(
-        dead_code,
-        reason = "API for the Kubernetes cache; called once it is wired into run.rs"
-    )]
     /// Sets the Kubernetes cache state (e.g. one of [`CACHE_STATES`]): 1 for it, 0 for the
     /// state before.
     pub fn set_cache_state(&self, state: &str) {
@@ -359,10 +355,6 @@ impl Metrics {
         *cur = Some(state);
     }
 
-    #[allow(
-        dead_code,
-        reason = "API for the correlation table; called once it is wired into run.rs"
-    )]
     /// Sets the correlation table figures: flows open now, flows evicted since start.
     pub fn set_flows(&self, open: u64, evicted: u64) {
         self.inner.flows_open.set(gauge_value(open));

@@ -20,6 +20,7 @@ use crate::{
     capture::{Capture, Counters},
     cli::RunArgs,
     decode::{self, NoSymbols, Symbols},
+    enrich::{self, MetaCache},
     event::Hook,
     iface::{Classifier, IfaceTable},
     kernel, netns,
@@ -62,6 +63,7 @@ struct Pipeline {
     sinks: Sinks,
     correlator: Correlator,
     clock: Clock,
+    meta: MetaCache,
 }
 
 impl Pipeline {
@@ -126,7 +128,7 @@ impl Pipeline {
     fn emit(&mut self, verdicts: Vec<Verdict>) {
         for mut v in verdicts {
             v.time = self.clock.wall_rfc3339(v.start_ns);
-            v.refresh_hint();
+            crate::annotate::annotate(&mut v, &self.meta);
             match serde_json::to_value(&v) {
                 Ok(value) => self.write(value, true),
                 Err(err) => {
@@ -248,6 +250,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let sinks = Sinks::new(hub, metrics.clone(), args.format, args.redact_qname);
     let own_netns = netns::own_inode().context("reading /proc/self/ns/net")?;
+    // Kubernetes names: watches start in the background; verdicts flow before they are ready.
+    let meta = match &args.lab_metadata {
+        Some(path) => MetaCache::from_lab_topology(path).context("reading the lab topology")?,
+        None => {
+            enrich::try_start(enrich::EnrichConfig {
+                kubeconfig: args.kubeconfig.clone(),
+                node_name: args.node_name.clone(),
+                veth_prefix: args.veth_prefix.clone(),
+                ..Default::default()
+            })
+            .await?
+        }
+    };
     let (offsets, symbols) = kernel_facts(args.no_drops);
 
     let mut capture =
@@ -286,6 +301,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sinks,
         correlator: Correlator::new(config),
         clock: Clock::new(),
+        meta,
     };
 
     let ring = capture.take_ring()?;
@@ -452,6 +468,7 @@ fn update_metrics(
     p: &Pipeline,
 ) {
     let user = &p.user;
+    metrics.set_cache_state(p.meta.state().as_str());
     let flows = p.correlator.stats();
     metrics.set_flows(
         u64::try_from(flows.open_flows).unwrap_or(u64::MAX),

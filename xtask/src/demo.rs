@@ -267,8 +267,21 @@ pub fn run() -> Result<()> {
     println!("Building the lab (simulated EKS node A, VPC, node B, internet)…");
     let guard = lab::LabGuard::up().context("bringing the lab up")?;
     let topo = guard.topology().clone();
-    let mut tracer = TracerProcess::start(lab::NS_NODE_A, &["--window", "2s"])
-        .context("starting the tracer in node A")?;
+    // Names come from the lab's topology file (a cluster would use the API server).
+    let topology_file = lab::topology_path();
+    let topology_file = topology_file.to_string_lossy();
+    let mut tracer = TracerProcess::start(
+        lab::NS_NODE_A,
+        &[
+            "--window",
+            "2s",
+            "--node-name",
+            lab::NODE_A_NAME,
+            "--lab-metadata",
+            &topology_file,
+        ],
+    )
+    .context("starting the tracer in node A")?;
     println!(
         "tracer running in {} (verdict window 2 s)\n",
         lab::NS_NODE_A

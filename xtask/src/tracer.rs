@@ -128,6 +128,11 @@ impl TracerProcess {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// Number of JSON lines so far.
+    pub fn line_count(&self) -> usize {
+        self.lines.lock().map(|l| l.len()).unwrap_or_default()
+    }
+
     /// Raw stdout lines so far (including any that were not JSON).
     pub fn raw_lines(&self) -> Vec<String> {
         self.raw_lines.lock().map(|l| l.clone()).unwrap_or_default()
@@ -140,9 +145,20 @@ impl TracerProcess {
 
     /// Waits until a line matches `pred`, up to `timeout`.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.wait_for_from(0, timeout, pred)
+    }
+
+    /// Like [`TracerProcess::wait_for`], looking only at lines from index `from` on (see
+    /// [`TracerProcess::line_count`]), to skip what earlier steps of a test produced.
+    pub fn wait_for_from(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(v) = self.lines().into_iter().find(|v| pred(v)) {
+            if let Some(v) = self.lines().into_iter().skip(from).find(|v| pred(v)) {
                 return Some(v);
             }
             if Instant::now() > deadline {

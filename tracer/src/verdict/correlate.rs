@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::event::{DnsInfo, Hook, Iface, IfaceKind, PacketEvent, Proto};
 
-use super::decide::{self, Closing, Ctx, Recent};
+use super::decide::{self, Closing, Ctx, Recent, RecentKey};
 use super::flow::{
     Attempt, AttemptKind, Detail, Flow, Key, MAX_ATTEMPTS, MAX_DETAILED_ATTEMPTS, Sighting,
     is_exit, is_syn, parse_flags, tcp,
@@ -100,7 +100,7 @@ pub struct Correlator {
     tomb_order: VecDeque<(u64, Key)>,
     pending: VecDeque<PacketEvent>,
     ifaces: HashMap<u32, Arc<Iface>>,
-    recent: HashMap<(IpAddr, Transport), Recent>,
+    recent: HashMap<RecentKey, Recent>,
     last_loss: Option<(u64, String)>,
     next_seq: u64,
     order: u64,
@@ -1335,25 +1335,30 @@ impl Correlator {
                 _ => None,
             };
             if let (Some(ok), Some(d)) = (ok, &v.dns) {
-                self.remember(v.server.ip, d.transport, v.end_ns, ok);
+                let via = v
+                    .egress_interface
+                    .as_ref()
+                    .map(|e| e.name.clone())
+                    .unwrap_or_default();
+                self.remember((v.server.ip, d.transport, via), v.end_ns, ok);
             }
         }
         self.stats.verdicts.add(v.verdict);
         Some(v)
     }
 
-    fn remember(&mut self, ip: IpAddr, t: Transport, ts: u64, ok: bool) {
+    fn remember(&mut self, key: RecentKey, ts: u64, ok: bool) {
         if self.recent.len() >= MAX_RECENT
-            && !self.recent.contains_key(&(ip, t))
+            && !self.recent.contains_key(&key)
             && let Some(oldest) = self
                 .recent
                 .iter()
                 .min_by_key(|(_, r)| r.ts)
-                .map(|(k, _)| *k)
+                .map(|(k, _)| k.clone())
         {
             self.recent.remove(&oldest);
         }
-        self.recent.insert((ip, t), Recent { ts, ok });
+        self.recent.insert(key, Recent { ts, ok });
     }
 
     fn push_pending(&mut self, ev: &PacketEvent) {

@@ -23,7 +23,11 @@ pub enum Closing {
     Stopped,
 }
 
-/// A remembered outcome toward a (server, transport).
+/// Key of the recent-outcome memory: the same server reached the same way. The interface
+/// matters: UDP answered through eth0 says nothing about UDP through a pod's branch ENI.
+pub type RecentKey = (IpAddr, Transport, String);
+
+/// A remembered outcome toward a (server, transport, interface).
 #[derive(Clone, Copy, Debug)]
 pub struct Recent {
     /// When (flow end).
@@ -40,8 +44,8 @@ pub struct Ctx<'a> {
     pub window_ns: u64,
     /// Table limit (for the eviction note).
     pub max_flows: usize,
-    /// Recent outcomes per (server, transport).
-    pub recent: &'a HashMap<(IpAddr, Transport), Recent>,
+    /// Recent outcomes per (server, transport, interface the request left by; "" on-node).
+    pub recent: &'a HashMap<RecentKey, Recent>,
     /// How long a recent outcome counts, ns.
     pub recent_horizon_ns: u64,
 }
@@ -685,9 +689,13 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
     };
 
     // Facts for the hint.
+    let via = egress_interface
+        .as_ref()
+        .map(|e| e.name.clone())
+        .unwrap_or_default();
     let recent_ok = |t: Transport| {
         ctx.recent
-            .get(&(server_addr.ip(), t))
+            .get(&(server_addr.ip(), t, via.clone()))
             .is_some_and(|r| r.ok && r.ts.abs_diff(flow.last_ts) <= ctx.recent_horizon_ns)
     };
     let lost = downgraded_from.unwrap_or(kind) == VerdictKind::LostBeyondNode;
