@@ -17,8 +17,12 @@ enum Command {
     /// Build, inspect, break and tear down the simulated EKS node lab.
     #[command(subcommand)]
     Lab(xtask::lab::LabCommand),
-    /// Build the tracer, then run every test: unit tests and the privileged lab tests (root).
+    /// Static checks, build the tracer, then run every test: unit tests and the privileged lab
+    /// tests (root).
     Test {
+        /// Skip the static checks (rustfmt, clippy) that run first.
+        #[arg(long)]
+        no_lint: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -124,10 +128,29 @@ fn lint_ebpf() -> Result<()> {
     Ok(())
 }
 
+/// rustfmt, clippy on the userspace crates, clippy on the eBPF crate.
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    lint_ebpf()
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Lab(cmd) => xtask::lab::run(cmd),
-        Command::Test { args } => {
+        Command::Test { no_lint, args } => {
+            if !no_lint {
+                lint()?;
+            }
             cargo(&["build", "-p", "tracer"])?;
             let mut test = vec!["test", "--workspace", "--exclude", "tracer-ebpf"];
             test.extend(args.iter().map(String::as_str));
@@ -154,17 +177,6 @@ fn main() -> Result<()> {
             cargo(&["build", "-p", "tracer"])?;
             xtask::demo::run()
         }
-        Command::Lint => {
-            cargo(&["fmt", "--all", "--", "--check"])?;
-            cargo(&[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ])?;
-            lint_ebpf()
-        }
+        Command::Lint => lint(),
     }
 }
