@@ -12,6 +12,9 @@ use crate::event::{Iface, IfaceKind};
 #[derive(Clone, Debug, Default)]
 pub struct Classifier {
     overrides: HashMap<String, IfaceKind>,
+    /// VPC CNI host veth prefix when it is not one of the built-in ones
+    /// (`AWS_VPC_K8S_CNI_VETHPREFIX`).
+    pod_prefix: Option<String>,
 }
 
 /// A bad `--iface NAME=KIND` override.
@@ -50,7 +53,20 @@ impl Classifier {
             }
             map.insert(name.to_owned(), kind);
         }
-        Ok(Self { overrides: map })
+        Ok(Self {
+            overrides: map,
+            pod_prefix: None,
+        })
+    }
+
+    /// Also treats interfaces named `<prefix>…` as pod veths (the VPC CNI's
+    /// `AWS_VPC_K8S_CNI_VETHPREFIX`, at most 4 characters; empty or `eth` is ignored, as the
+    /// VPC CNI refuses those too).
+    pub fn with_pod_prefix(mut self, prefix: &str) -> Self {
+        if !prefix.is_empty() && prefix != "eth" && prefix.len() <= 4 {
+            self.pod_prefix = Some(prefix.to_owned());
+        }
+        self
     }
 
     /// Classifies an interface by name and link kind (`veth`, `vlan`, `loopback`, ...).
@@ -65,7 +81,12 @@ impl Classifier {
             return IfaceKind::BranchEni;
         }
         const POD_PREFIXES: [&str; 6] = ["eni", "vlan", "cali", "lxc", "veth", "gke"];
-        if POD_PREFIXES.iter().any(|p| name.starts_with(p)) && link_kind != Some("vlan") {
+        let custom = self
+            .pod_prefix
+            .as_deref()
+            .is_some_and(|p| name.starts_with(p));
+        if (custom || POD_PREFIXES.iter().any(|p| name.starts_with(p))) && link_kind != Some("vlan")
+        {
             return IfaceKind::PodVeth;
         }
         const UPLINK_PREFIXES: [&str; 4] = ["eth", "ens", "enp", "eno"];
@@ -171,6 +192,17 @@ mod tests {
         assert_eq!(c.classify("br0", Some("bridge")), IfaceKind::Uplink);
         assert_eq!(c.decide("eth9", None), Decision::Ignore);
         assert!(Classifier::new(&["eth0".into()]).is_err());
+        let c = Classifier::default().with_pod_prefix("pod");
+        assert_eq!(
+            c.classify("pod1a2b3c4d5e6", Some("veth")),
+            IfaceKind::PodVeth
+        );
+        assert_eq!(
+            c.classify("eni1a2b3c4d5e6", Some("veth")),
+            IfaceKind::PodVeth
+        );
+        let c = Classifier::default().with_pod_prefix("eth");
+        assert_eq!(c.classify("eth0", None), IfaceKind::Uplink);
         assert!(Classifier::new(&["eth0=router".into()]).is_err());
         assert!(Classifier::new(&["=uplink".into()]).is_err());
     }

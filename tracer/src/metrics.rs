@@ -74,7 +74,7 @@ pub const USER_COUNTERS: [&str; 4] = [
 ];
 
 /// Kubernetes cache states reported by `tracer_k8s_cache_state`.
-pub const CACHE_STATES: [&str; 4] = ["disabled", "syncing", "ready", "degraded"];
+pub const CACHE_STATES: [&str; 5] = ["disabled", "static", "syncing", "ready", "stale"];
 
 const VERDICTS: [&str; 7] = observe::filter::VERDICTS;
 const KINDS: [&str; 2] = ["dns", "egress"];

@@ -232,7 +232,7 @@ impl Scope {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let classifier = Classifier::new(&args.iface_overrides)?;
+    let classifier = Classifier::new(&args.iface_overrides)?.with_pod_prefix(&args.veth_prefix);
     // Sinks first: a taken port or socket fails start-up, and /healthz answers while loading.
     let metrics = crate::metrics::Metrics::new();
     if let Some(addr) = args.metrics_addr {

@@ -90,7 +90,8 @@ pub fn redact_qname(v: &mut Value, mode: RedactMode) {
             h
         }
         RedactMode::Drop => {
-            dns.remove("qname");
+            // Kept as null: the schema requires the key.
+            dns.insert("qname".into(), Value::Null);
             "<redacted>".to_owned()
         }
     };
@@ -486,7 +487,10 @@ mod tests {
         let mut v = dns("answered");
         v["hint"] = json!("API.EXAMPLE.COM. failed; api.example.com again");
         redact_qname(&mut v, RedactMode::Drop);
-        assert!(v["dns"].get("qname").is_none());
+        assert!(
+            v["dns"]["qname"].is_null(),
+            "kept as null: the schema requires the key"
+        );
         assert_eq!(v["dns"]["qtype"], "A");
         assert_eq!(v["hint"], "<redacted>. failed; <redacted> again");
 

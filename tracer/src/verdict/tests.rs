@@ -1686,7 +1686,7 @@ fn refresh_hint_uses_enrichment() {
 /// What the enrichment stage would fill in, for the documentation examples.
 fn enrich(v: &mut Verdict) {
     v.time = Some("2026-11-24T02:10:00.123456Z".into());
-    v.enrichment = Some("complete".into());
+    v.enrichment = Some("ready".into());
     let pod = |ns: &str, name: &str, workload: &str, node: &str| PodMeta {
         pod: Some(name.into()),
         namespace: Some(ns.into()),
