@@ -17,11 +17,29 @@ pub fn privileged() -> bool {
     if root {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
+    if ci() {
         panic!("privileged test cannot run: not root (CI=true requires it to run)");
     }
     eprintln!("SKIPPED: needs root (set CI=true to make this a failure)");
     false
+}
+
+/// True when CI=true (or any non-empty value other than false/0).
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// True when the kube-apiserver binary is available; otherwise skips with a message, or fails
+/// under CI (scripts/setup.sh builds it).
+pub fn apiserver_available() -> bool {
+    match xtask::apiserver::apiserver_bin() {
+        Ok(_) => true,
+        Err(e) if ci() => panic!("{e:#} (CI=true requires it)"),
+        Err(e) => {
+            eprintln!("SKIPPED: {e:#}");
+            false
+        }
+    }
 }
 
 /// Runs `dig` inside a pod namespace and returns its stdout.

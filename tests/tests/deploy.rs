@@ -1,20 +1,8 @@
 //! deploy/ is validated by a real kube-apiserver (server-side dry run: schema, defaulting and
 //! admission), not just parsed.
 
-use xtask::apiserver::{self, ApiServer};
-
-fn apiserver_available() -> bool {
-    match apiserver::apiserver_bin() {
-        Ok(_) => true,
-        Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") => {
-            panic!("{e:#} (CI=true requires it)")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: {e:#}");
-            false
-        }
-    }
-}
+use tracer_tests::apiserver_available;
+use xtask::apiserver::ApiServer;
 
 #[test]
 fn kustomization_passes_server_side_dry_run() {

@@ -13,24 +13,8 @@ use std::{
 };
 
 use serde_json::Value;
-use tracer_tests::{lab, privileged};
+use tracer_tests::{apiserver_available, lab, privileged};
 use xtask::apiserver::{self, ApiServer};
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// True when kube-apiserver is available; otherwise skips (or fails under CI).
-fn apiserver_available() -> bool {
-    match apiserver::apiserver_bin() {
-        Ok(_) => true,
-        Err(e) if ci() => panic!("{e:#} (CI=true requires it)"),
-        Err(e) => {
-            eprintln!("SKIPPED: {e:#}");
-            false
-        }
-    }
-}
 
 fn kubectl_json(api: &ApiServer, args: &[&str]) -> Value {
     let mut argv = args.to_vec();

@@ -7,23 +7,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tracer_tests::{TracerProcess, dig, lab, privileged};
+use tracer_tests::{TracerProcess, apiserver_available, dig, lab, privileged};
 use xtask::apiserver::{self, ApiServer};
 
 const NAME: &str = "kubernetes.default.svc.cluster.local";
-
-fn apiserver_available() -> bool {
-    match apiserver::apiserver_bin() {
-        Ok(_) => true,
-        Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") => {
-            panic!("{e:#} (CI=true requires it)")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: {e:#}");
-            false
-        }
-    }
-}
 
 /// Sends a query from `netns` and returns its verdict (a unique name per call via `qname`).
 fn query(tracer: &TracerProcess, netns: &str, client_ip: &str, qname: &str) -> Value {

@@ -13,8 +13,8 @@ use tracer_common::{
 };
 
 use crate::parse::{
-    ETH_P_IP, ETH_P_IPV6, EVENTS, FLOWS, IPPROTO_TCP, PacketReader, TCP_ACK, TCP_RST, TCP_SYN,
-    count, parse_ip,
+    ETH_P_IP, ETH_P_IPV6, EVENTS, Extra, FLOWS, IPPROTO_TCP, PacketReader, TCP_ACK, TCP_RST,
+    TCP_SYN, count, fill, parse_ip,
 };
 
 /// Offsets into kernel structs; written by userspace before load (`EbpfLoader::override_global`).
@@ -148,32 +148,26 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
             }
         }
     }
-    // SAFETY: `ev` points at a reserved, writable PacketEvent; all fields userspace reads are set.
-    unsafe {
-        (*ev).header = EventHeader {
+    let extra = Extra {
+        header: EventHeader {
             kind: kind::DROP,
             hook: hook::KFREE_SKB,
             _pad: [0; 2],
             ifindex,
-            ts_ns: bpf_ktime_get_ns(),
-        };
-        (*ev).netns = netns;
-        (*ev).drop_reason = reason;
-        (*ev).location = location;
-        (*ev).saddr = p.saddr;
-        (*ev).daddr = p.daddr;
-        (*ev).pkt_len = p.ip_len;
-        (*ev).sport = p.sport;
-        (*ev).dport = p.dport;
-        (*ev).ip_version = p.ip_version;
-        (*ev).l4_proto = p.l4_proto;
-        (*ev).tcp_flags = p.tcp_flags;
-        (*ev).flags = ev_flags;
-        (*ev).vlan = 0;
-        (*ev).dns_len = dns_len as u16;
-        (*ev).icmp_inner = 0;
-        (*ev)._pad = [0; 6];
-    }
+            // SAFETY: helper without preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        netns,
+        drop_reason: reason,
+        location,
+        pkt_len: p.ip_len,
+        flags: ev_flags,
+        vlan: 0,
+        dns_len,
+        icmp_inner: 0,
+    };
+    // SAFETY: `ev` points at a reserved, writable PacketEvent.
+    unsafe { fill(ev, &p, &extra) };
     entry.submit(crate::parse::submit_flags());
     count(counter::DROP_EMITTED);
     Some(())

@@ -140,6 +140,47 @@ impl Parsed {
     }
 }
 
+/// Fields of a record besides the packet's own (the tc or drop context adds them).
+pub struct Extra {
+    pub header: tracer_common::EventHeader,
+    pub netns: u32,
+    pub drop_reason: u32,
+    pub location: u64,
+    pub pkt_len: u32,
+    pub flags: u8,
+    pub vlan: u16,
+    pub dns_len: u32,
+    pub icmp_inner: u16,
+}
+
+/// Writes every field of a reserved record except the `dns` bytes (copied by the caller).
+///
+/// # Safety
+/// `ev` must point at a reserved, writable `PacketEvent`.
+#[inline(always)]
+pub unsafe fn fill(ev: *mut tracer_common::PacketEvent, p: &Parsed, x: &Extra) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        (*ev).header = x.header;
+        (*ev).netns = x.netns;
+        (*ev).drop_reason = x.drop_reason;
+        (*ev).location = x.location;
+        (*ev).saddr = p.saddr;
+        (*ev).daddr = p.daddr;
+        (*ev).pkt_len = x.pkt_len;
+        (*ev).sport = p.sport;
+        (*ev).dport = p.dport;
+        (*ev).ip_version = p.ip_version;
+        (*ev).l4_proto = p.l4_proto;
+        (*ev).tcp_flags = p.tcp_flags;
+        (*ev).flags = x.flags;
+        (*ev).vlan = x.vlan;
+        (*ev).dns_len = x.dns_len as u16;
+        (*ev).icmp_inner = x.icmp_inner;
+        (*ev)._pad = [0; 6];
+    }
+}
+
 /// The first 20 bytes of an IPv4 header.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -16,8 +16,9 @@ use tracer_common::{
 };
 
 use crate::parse::{
-    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EVENTS, FLOWS, IPPROTO_TCP, IPPROTO_UDP, PacketReader,
-    Parsed, TCP_ACK, TCP_RST, TCP_SYN, be16, count, count_seen, is_icmp_unreachable, parse_ip,
+    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EVENTS, Extra, FLOWS, IPPROTO_TCP, IPPROTO_UDP,
+    PacketReader, Parsed, TCP_ACK, TCP_RST, TCP_SYN, be16, count, count_seen, fill,
+    is_icmp_unreachable, parse_ip,
 };
 
 const ETH_HLEN: u32 = 14;
@@ -254,27 +255,20 @@ fn write_event(
             ev_flags |= flags::DNS_TRUNCATED;
         }
     }
-    // SAFETY: `ev` points at a reserved, writable PacketEvent; every field is written below
-    // except the tail of `dns` past `dns_len`, which userspace does not read.
-    unsafe {
-        (*ev).header = header(ctx, hook);
-        (*ev).netns = 0;
-        (*ev).drop_reason = 0;
-        (*ev).location = 0;
-        (*ev).saddr = p.saddr;
-        (*ev).daddr = p.daddr;
-        (*ev).pkt_len = pkt_len;
-        (*ev).sport = p.sport;
-        (*ev).dport = p.dport;
-        (*ev).ip_version = p.ip_version;
-        (*ev).l4_proto = p.l4_proto;
-        (*ev).tcp_flags = p.tcp_flags;
-        (*ev).flags = ev_flags;
-        (*ev).vlan = vlan;
-        (*ev).dns_len = dns_len as u16;
-        (*ev).icmp_inner = icmp_inner;
-        (*ev)._pad = [0; 6];
-    }
+    let extra = Extra {
+        header: header(ctx, hook),
+        netns: 0,
+        drop_reason: 0,
+        location: 0,
+        pkt_len,
+        flags: ev_flags,
+        vlan,
+        dns_len,
+        icmp_inner,
+    };
+    // SAFETY: `ev` points at a reserved, writable PacketEvent; the tail of `dns` past
+    // `dns_len` is left as is (userspace does not read it).
+    unsafe { fill(ev, p, &extra) };
     entry.submit(crate::parse::submit_flags());
     count(counter::TC_EMITTED);
 }
