@@ -15,6 +15,7 @@ mod kernel;
 mod kernel_tests;
 mod metrics;
 mod netns;
+mod nodestats;
 mod observe;
 mod packets;
 mod run;

@@ -108,6 +108,7 @@ struct Inner {
     verdicts: Family<VerdictLabels, Counter>,
     kernel: Family<CounterLabels, Counter>,
     user: Family<CounterLabels, Counter>,
+    conntrack: Family<CounterLabels, Counter>,
     attached: Gauge,
     attach: Family<ResultLabels, Counter>,
     observe_clients: Gauge,
@@ -192,6 +193,12 @@ impl Metrics {
             "Userspace counters: records decoded, decode errors, drops outside this node, write errors",
             user.clone(),
         );
+        let conntrack = Family::<CounterLabels, Counter>::default();
+        registry.register(
+            "conntrack",
+            "The node's conntrack statistics (/proc/net/stat/nf_conntrack, summed over CPUs): insert_failed and drop reveal the DNS A/AAAA insert race behind 5 s timeouts",
+            conntrack.clone(),
+        );
         let attached = Gauge::default();
         registry.register(
             "attached_interfaces",
@@ -251,6 +258,7 @@ impl Metrics {
                 verdicts,
                 kernel,
                 user,
+                conntrack,
                 attached,
                 attach,
                 observe_clients,
@@ -295,6 +303,16 @@ impl Metrics {
     pub fn set_user<'a>(&self, counters: impl IntoIterator<Item = (&'a str, u64)>) {
         for (name, value) in counters {
             let c = self.inner.user.get_or_create(&CounterLabels {
+                counter: label(name),
+            });
+            set_counter(&c, value);
+        }
+    }
+
+    /// Sets the node's conntrack counters (absolute values, by name).
+    pub fn set_conntrack<'a>(&self, counters: impl IntoIterator<Item = (&'a str, u64)>) {
+        for (name, value) in counters {
+            let c = self.inner.conntrack.get_or_create(&CounterLabels {
                 counter: label(name),
             });
             set_counter(&c, value);

@@ -327,6 +327,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut loss_tick = tokio::time::interval(Duration::from_millis(200));
     let mut lost_before = capture.counters().map(|c| c.lost()).unwrap_or(0);
     let mut poll_tick = tokio::time::interval(POLL_INTERVAL);
+    let mut conntrack = ConntrackWatch::default();
 
     let result: anyhow::Result<()> = loop {
         tokio::select! {
@@ -372,7 +373,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 p.flush();
             }
             _ = stats_tick.tick() => log_counters(&capture, &mgr, &p),
-            _ = metrics_tick.tick() => update_metrics(&metrics, &capture, &mgr, &p),
+            _ = metrics_tick.tick() => {
+                update_metrics(&metrics, &capture, &mgr, &p);
+                conntrack.sample(&metrics);
+            }
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         }
@@ -455,6 +459,42 @@ fn kernel_facts(no_drops: bool) -> (Option<tracer_common::KernelOffsets>, Box<dy
         }
     };
     (offsets, Box::new(KernelSymbols { reasons, ksyms }))
+}
+
+/// Follows the node's conntrack `insert_failed`/`drop` and says when they grow: the DNS
+/// A/AAAA insert race drops a query inside conntrack (5 s client timeouts).
+#[derive(Default)]
+struct ConntrackWatch {
+    last: Option<(u64, u64)>,
+}
+
+impl ConntrackWatch {
+    fn sample(&mut self, metrics: &crate::metrics::Metrics) {
+        let counters = crate::nodestats::read_conntrack();
+        if counters.is_empty() {
+            return;
+        }
+        metrics.set_conntrack(counters.iter().copied());
+        let get = |n: &str| {
+            counters
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map_or(0, |(_, v)| *v)
+        };
+        let now = (get("insert_failed"), get("drop"));
+        if let Some(before) = self.last
+            && (now.0 > before.0 || now.1 > before.1)
+        {
+            tracing::warn!(
+                insert_failed = now.0 - before.0,
+                drop = now.1.saturating_sub(before.1),
+                "conntrack insert failures on this node: parallel A/AAAA queries from one socket \
+                 race in conntrack and one is dropped (5 s DNS timeouts); `single-request-reopen` \
+                 or NodeLocal DNSCache avoid it"
+            );
+        }
+        self.last = Some(now);
+    }
 }
 
 /// How often the metrics read the kernel, userspace and attach counters.
