@@ -96,7 +96,18 @@ fn wait_attached(tracer: &TracerProcess, veth: &str, nth: usize) {
 }
 
 #[test]
-fn new_and_recreated_pod_veths_are_captured_and_nothing_is_left() {
+fn new_and_recreated_pod_veths_are_captured_and_nothing_is_left_tcx() {
+    churn("tcx");
+}
+
+/// The same with netlink clsact filters (what kernels before 6.6 get): filters are removed one
+/// by one on exit, so none may be left under the clsact qdiscs.
+#[test]
+fn new_and_recreated_pod_veths_are_captured_and_nothing_is_left_netlink() {
+    churn("netlink");
+}
+
+fn churn(mode: &str) {
     if !privileged() {
         return;
     }
@@ -106,7 +117,8 @@ fn new_and_recreated_pod_veths_are_captured_and_nothing_is_left() {
         .into_iter()
         .map(|p| p["id"].clone())
         .collect();
-    let mut tracer = TracerProcess::start(lab::NS_NODE_A, &["--events"]).expect("tracer");
+    let mut tracer =
+        TracerProcess::start(lab::NS_NODE_A, &["--events", "--tc-attach", mode]).expect("tracer");
 
     for round in 1..=2 {
         let veth = add_pod("churn");
@@ -160,4 +172,15 @@ fn new_and_recreated_pod_veths_are_captured_and_nothing_is_left() {
     let net = lab::exec_in(lab::NS_NODE_A, &["bpftool", "net", "show"]).expect("bpftool net");
     let net = String::from_utf8_lossy(&net.stdout);
     assert!(!net.contains("tc_"), "attachments left in node A:\n{net}");
+    for dev in ["eth0", "eth1", lab::BRANCH_ENI_IFNAME] {
+        for dir in ["ingress", "egress"] {
+            let out = lab::exec_in(lab::NS_NODE_A, &["tc", "filter", "show", "dev", dev, dir])
+                .expect("tc");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !text.contains("bpf"),
+                "{mode}: filter left on {dev} {dir}:\n{text}"
+            );
+        }
+    }
 }

@@ -87,6 +87,20 @@ impl TcProgram {
 /// Loaded kernel programs and maps.
 pub struct Capture {
     ebpf: Ebpf,
+    mode: TcMode,
+}
+
+/// How tc programs are attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcMode {
+    /// tcx links on kernels from 6.6, netlink clsact filters before.
+    #[default]
+    Auto,
+    /// tcx links (Linux ≥ 6.6): released by the kernel when the tracer exits, even on a crash.
+    Tcx,
+    /// netlink filters under a clsact qdisc (any kernel): removed one by one on exit. A clsact
+    /// qdisc the tracer had to add stays, empty.
+    Netlink,
 }
 
 /// Counter totals over all CPUs, indexed like [`tracer_common::counter`].
@@ -139,7 +153,15 @@ impl Capture {
             p.load()
                 .map_err(|source| CaptureError::Program { name, source })?;
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            mode: TcMode::Auto,
+        })
+    }
+
+    /// Chooses how later [`Capture::attach_tc`] calls attach.
+    pub fn set_tc_mode(&mut self, mode: TcMode) {
+        self.mode = mode;
     }
 
     /// Loads and attaches the skb:kfree_skb drop program (tp_btf).
@@ -182,18 +204,27 @@ impl Capture {
             TcAttachType::Egress
         };
         let name = prog.name();
+        let netlink = match self.mode {
+            TcMode::Netlink => true,
+            TcMode::Tcx => false,
+            TcMode::Auto => !tcx_available(),
+        };
         let p = self.classifier(prog)?;
-        match p.attach(ifindex, TcAttach::Auto(attach_type)) {
-            Ok(id) => Ok(id),
-            Err(err) if !tcx_available() => {
-                // Older kernels: netlink clsact needs the qdisc first (already there is fine).
-                let _ = aya::programs::tc::qdisc_add_clsact(ifindex);
-                tracing::debug!(%err, ifindex, "retrying after adding clsact");
-                p.attach(ifindex, TcAttach::Auto(attach_type))
-                    .map_err(|source| CaptureError::Program { name, source })
+        let how = if netlink {
+            // The clsact qdisc must exist first; one that is already there is fine.
+            let _ = aya::programs::tc::qdisc_add_clsact(ifindex);
+            TcAttach::Netlink {
+                parent: attach_type.into(),
+                options: Default::default(),
             }
-            Err(source) => Err(CaptureError::Program { name, source }),
-        }
+        } else {
+            TcAttach::Tcx {
+                attach_type,
+                order: Default::default(),
+            }
+        };
+        p.attach(ifindex, how)
+            .map_err(|source| CaptureError::Program { name, source })
     }
 
     /// Detaches a link made by [`Capture::attach_tc`]. Fails quietly for interfaces that

@@ -79,6 +79,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub events: bool,
 
+    /// How tc programs are attached: tcx links (Linux ≥ 6.6), netlink clsact filters, or auto.
+    #[arg(long, value_enum, default_value_t = crate::capture::TcMode::Auto)]
+    pub tc_attach: crate::capture::TcMode,
+
     /// Do not load the skb:kfree_skb drop program.
     #[arg(long)]
     pub no_drops: bool,

@@ -267,6 +267,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut capture =
         Capture::load(offsets).context("loading the kernel programs (are you root?)")?;
+    capture.set_tc_mode(args.tc_attach);
     if !args.no_drops
         && offsets.is_some()
         && let Err(err) = capture.attach_drops()
