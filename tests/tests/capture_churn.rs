@@ -25,9 +25,11 @@ fn sh(ns: &str, cmd: &str) {
 /// Adds a VPC-CNI-shaped pod `default/<name>` with IP 198.18.1.50 to node A; returns its veth.
 fn add_pod(name: &str) -> String {
     let veth = lab::host_veth_name("eni", "default", name);
-    let _ = std::process::Command::new("ip")
-        .args(["netns", "add", CHURN_NS])
-        .status();
+    if !std::path::Path::new("/run/netns").join(CHURN_NS).exists() {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "add", CHURN_NS])
+            .status();
+    }
     sh(
         lab::NS_NODE_A,
         &format!("ip link add {veth} type veth peer name eth0 netns {CHURN_NS}"),
