@@ -136,6 +136,11 @@ impl IfaceTable {
         Some(iface)
     }
 
+    /// Live interfaces.
+    pub fn live(&self) -> impl Iterator<Item = &Iface> {
+        self.live.values()
+    }
+
     /// The interface with this index, live or recently removed; `if<n>` of kind Other otherwise.
     pub fn lookup(&self, ifindex: u32) -> Iface {
         if let Some(i) = self.live.get(&ifindex) {

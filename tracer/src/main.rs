@@ -8,6 +8,7 @@ mod cli;
 mod decode;
 mod dns;
 mod enrich;
+mod ethtool;
 mod event;
 mod iface;
 mod kernel;

@@ -98,6 +98,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IfaceCounterLabels {
+    interface: String,
+    counter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -109,6 +115,7 @@ struct Inner {
     kernel: Family<CounterLabels, Counter>,
     user: Family<CounterLabels, Counter>,
     conntrack: Family<CounterLabels, Counter>,
+    ena: Family<IfaceCounterLabels, Counter>,
     attached: Gauge,
     attach: Family<ResultLabels, Counter>,
     observe_clients: Gauge,
@@ -199,6 +206,12 @@ impl Metrics {
             "The node's conntrack statistics (/proc/net/stat/nf_conntrack, summed over CPUs): insert_failed and drop reveal the DNS A/AAAA insert race behind 5 s timeouts",
             conntrack.clone(),
         );
+        let ena = Family::<IfaceCounterLabels, Counter>::default();
+        registry.register(
+            "ena_allowance_exceeded",
+            "ENA packets dropped by the hypervisor over an ENI allowance (ethtool -S *_allowance_exceeded), by interface",
+            ena.clone(),
+        );
         let attached = Gauge::default();
         registry.register(
             "attached_interfaces",
@@ -259,6 +272,7 @@ impl Metrics {
                 kernel,
                 user,
                 conntrack,
+                ena,
                 attached,
                 attach,
                 observe_clients,
@@ -307,6 +321,15 @@ impl Metrics {
             });
             set_counter(&c, value);
         }
+    }
+
+    /// Sets one ENA allowance counter of an interface (absolute value).
+    pub fn set_ena(&self, interface: &str, counter: &str, value: u64) {
+        let c = self.inner.ena.get_or_create(&IfaceCounterLabels {
+            interface: label(interface),
+            counter: label(counter),
+        });
+        set_counter(&c, value);
     }
 
     /// Sets the node's conntrack counters (absolute values, by name).

@@ -329,6 +329,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut lost_before = capture.counters().map(|c| c.lost()).unwrap_or(0);
     let mut poll_tick = tokio::time::interval(POLL_INTERVAL);
     let mut conntrack = ConntrackWatch::default();
+    let mut ena = EnaWatch::default();
 
     let result: anyhow::Result<()> = loop {
         tokio::select! {
@@ -377,6 +378,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = metrics_tick.tick() => {
                 update_metrics(&metrics, &capture, &mgr, &p);
                 conntrack.sample(&metrics);
+                ena.sample(&metrics, mgr.table());
             }
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
@@ -495,6 +497,44 @@ impl ConntrackWatch {
             );
         }
         self.last = Some(now);
+    }
+}
+
+/// Follows the ENA allowance counters of the uplinks (ethtool statistics) and says when they
+/// grow: those packets were dropped by the hypervisor, outside anything the kernel can see.
+#[derive(Default)]
+struct EnaWatch {
+    last: HashMap<(String, String), u64>,
+}
+
+impl EnaWatch {
+    /// Bound on remembered (interface, counter) pairs.
+    const MAX: usize = 1024;
+
+    fn sample(&mut self, metrics: &crate::metrics::Metrics, ifaces: &IfaceTable) {
+        use crate::event::IfaceKind;
+        for iface in ifaces.live() {
+            if !matches!(iface.kind, IfaceKind::Uplink | IfaceKind::Trunk) {
+                continue;
+            }
+            for (counter, value) in crate::ethtool::allowance_exceeded(&iface.name) {
+                metrics.set_ena(&iface.name, &counter, value);
+                let key = (iface.name.clone(), counter);
+                match self.last.get(&key) {
+                    Some(before) if value > *before => tracing::warn!(
+                        interface = %key.0,
+                        counter = %key.1,
+                        dropped = value - before,
+                        "ENA allowance exceeded: the hypervisor dropped packets on this ENI \
+                         (linklocal: over 1024 pps to the VPC resolver/IMDS; use NodeLocal DNSCache)"
+                    ),
+                    _ => {}
+                }
+                if self.last.len() < Self::MAX || self.last.contains_key(&key) {
+                    self.last.insert(key, value);
+                }
+            }
+        }
     }
 }
 
