@@ -125,33 +125,36 @@ fn attempt_outcome<'a>(flow: &Flow, a: &'a Attempt) -> Outcome<'a> {
             })
             .copied()
     };
-    if let Some(s) = ss
-        .iter()
-        .rev()
-        .find(|s| flow.is_delivery(s) && (flow.is_reply(s) || s.is_rejection()))
-    {
-        if s.is_rejection() {
-            if let Some(d) = own_drop_before(s) {
-                return Outcome::new(VerdictKind::Dropped, Some(d));
-            }
-            return Outcome::new(VerdictKind::Rejected, Some(s));
-        }
-        let mut o = Outcome::new(positive, Some(s));
-        o.truncated = a.proto == Transport::Udp
+    // A rejection, unless this node sent it after dropping the request itself.
+    let rejected = |r: &'a Sighting| match own_drop_before(r) {
+        Some(d) => Outcome::new(VerdictKind::Dropped, Some(d)),
+        None => Outcome::new(VerdictKind::Rejected, Some(r)),
+    };
+    // A truncated UDP answer: the client retries over TCP.
+    let truncated_udp = |s: &Sighting| {
+        a.proto == Transport::Udp
             && matches!(
                 s.detail,
                 Detail::Answer {
                     truncated: true,
                     ..
                 }
-            );
+            )
+    };
+    if let Some(s) = ss
+        .iter()
+        .rev()
+        .find(|s| flow.is_delivery(s) && (flow.is_reply(s) || s.is_rejection()))
+    {
+        if s.is_rejection() {
+            return rejected(s);
+        }
+        let mut o = Outcome::new(positive, Some(s));
+        o.truncated = truncated_udp(s);
         return o;
     }
     if let Some(s) = ss.iter().rev().find(|s| s.is_rejection()) {
-        if let Some(d) = own_drop_before(s) {
-            return Outcome::new(VerdictKind::Dropped, Some(d));
-        }
-        return Outcome::new(VerdictKind::Rejected, Some(s));
+        return rejected(s);
     }
     if let Some(s) = ss.iter().rev().find(|s| s.hook == Hook::Drop) {
         return Outcome::new(VerdictKind::Dropped, Some(s));
@@ -160,14 +163,7 @@ fn attempt_outcome<'a>(flow: &Flow, a: &'a Attempt) -> Outcome<'a> {
         if flow.kind == FlowKind::Egress || flow.side() == ClientSide::Host {
             let mut o = Outcome::new(positive, Some(s));
             o.unobserved = true;
-            o.truncated = a.proto == Transport::Udp
-                && matches!(
-                    s.detail,
-                    Detail::Answer {
-                        truncated: true,
-                        ..
-                    }
-                );
+            o.truncated = truncated_udp(s);
             return o;
         }
         let mut o = Outcome::new(VerdictKind::Unknown, Some(s));
