@@ -754,6 +754,17 @@ cases! {
         300.0,
         vec![exp(&[("/verdict", json!("dropped")), ("/drop/reason", json!("IP_INNOROUTES")), ("/where/stage", json!("routing"))], &[("/hint", "has no usable route")])],
     );
+    // The order a real kernel produces (seen in the lab): ip_error sends the ICMP before it
+    // frees the SYN, so the ICMP leaves the pod veth a few µs before the drop is recorded.
+    c08_egress_no_route_icmp_before_drop => case(
+        evs(vec![
+            tcp(0.0, Hook::Ingress, client_veth(), &c(40105), WEB, "SYN"),
+            ev(0.381, Hook::Egress, client_veth(), Proto::Tcp, &c(40105), WEB).icmp("net_unreachable"),
+            drop_ev(0.388, client_veth(), Proto::Tcp, &c(40105), WEB, "IP_INNOROUTES", "ip_error+0x94").flags("SYN"),
+        ]),
+        300.0,
+        vec![exp(&[("/verdict", json!("dropped")), ("/drop/reason", json!("IP_INNOROUTES"))], &[("/hint", "has no usable route")])],
+    );
     // SNAT with --random-fully (as VPC CNI and the lab do): the port changes at the uplink.
     c08_egress_syn_lost_port_remapped => case(
         evs(vec![
