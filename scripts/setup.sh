@@ -22,7 +22,7 @@ apt_packages=(
   dnsutils unbound dnsmasq-base dnsperf
   bpftool
   llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev
-  build-essential pkg-config ca-certificates curl
+  build-essential pkg-config ca-certificates curl openssl xz-utils
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -58,6 +58,9 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$bpf_linker_version"; then
     cargo "+$toolchain" install bpf-linker --version "$bpf_linker_version" --locked \
     --no-default-features --features llvm-22
 fi
+
+# kubectl ships with this machine kind (no Debian package); the API-server tests need it.
+command -v kubectl >/dev/null 2>&1 || log "warning: kubectl not found: the Kubernetes tests will fail"
 
 log "ready: $(rustc "+$toolchain" --version), $(bpf-linker --version)"
 
