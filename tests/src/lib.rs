@@ -42,6 +42,23 @@ pub fn apiserver_available() -> bool {
     }
 }
 
+/// Brings the lab up, points kube-dns at `pin`, switches `failures` on and starts the tracer in
+/// node A with `args`. Bind the result as `let (guard, tracer) = …`: the tracer is then stopped
+/// before the lab is torn down.
+pub fn lab_with_tracer(
+    pin: lab::Pin,
+    failures: &[lab::Failure],
+    args: &[&str],
+) -> (lab::LabGuard, TracerProcess) {
+    let guard = lab::LabGuard::up().expect("lab up");
+    lab::pin(pin).expect("pin kube-dns");
+    for f in failures {
+        lab::set_failure(*f, true).expect("failure on");
+    }
+    let tracer = TracerProcess::start(lab::NS_NODE_A, args).expect("tracer starts");
+    (guard, tracer)
+}
+
 /// Runs `dig` inside a pod namespace and returns its stdout.
 pub fn dig(ns: &str, args: &[&str]) -> String {
     let mut argv = vec!["dig", "+time=1", "+tries=1"];

@@ -4,7 +4,7 @@
 //! other machines (the VPC, node B) are not reported as this node's.
 
 use serde_json::Value;
-use tracer_tests::{TracerProcess, WAIT, dig, lab, privileged};
+use tracer_tests::{WAIT, dig, lab, lab_with_tracer, privileged};
 
 fn drop_of(v: &Value, reason: &str) -> bool {
     v["type"] == "packet" && v["hook"] == "drop" && v["drop"]["reason"] == reason
@@ -15,14 +15,16 @@ fn netfilter_drop_on_node_a_row5() {
     if !privileged() {
         return;
     }
-    let guard = lab::LabGuard::up().expect("lab up");
+    let (guard, tracer) = lab_with_tracer(
+        lab::Pin::Both,
+        &[lab::Failure::NetpolDropDns],
+        &["--events"],
+    );
     let client = guard
         .topology()
         .pod("default", "client")
         .expect("client")
         .clone();
-    lab::set_failure(lab::Failure::NetpolDropDns, true).expect("failure on");
-    let tracer = TracerProcess::start(lab::NS_NODE_A, &["--events"]).expect("tracer");
 
     let out = dig(
         &client.netns,
@@ -58,7 +60,8 @@ fn closed_port_at_local_replica_row6() {
     if !privileged() {
         return;
     }
-    let guard = lab::LabGuard::up().expect("lab up");
+    let (guard, tracer) =
+        lab_with_tracer(lab::Pin::A, &[lab::Failure::ReplicaDownA], &["--events"]);
     let client = guard
         .topology()
         .pod("default", "client")
@@ -69,9 +72,6 @@ fn closed_port_at_local_replica_row6() {
         .pod("kube-system", "coredns-a")
         .expect("coredns-a")
         .clone();
-    lab::pin(lab::Pin::A).expect("pin a");
-    lab::set_failure(lab::Failure::ReplicaDownA, true).expect("failure on");
-    let tracer = TracerProcess::start(lab::NS_NODE_A, &["--events"]).expect("tracer");
 
     let out = dig(
         &client.netns,
@@ -118,15 +118,12 @@ fn rp_filter_drops_reply_on_secondary_eni_row9() {
     if !privileged() {
         return;
     }
-    let guard = lab::LabGuard::up().expect("lab up");
+    let (guard, tracer) = lab_with_tracer(lab::Pin::B, &[lab::Failure::RpFilter], &["--events"]);
     let client = guard
         .topology()
         .pod("default", "client")
         .expect("client")
         .clone();
-    lab::pin(lab::Pin::B).expect("pin b");
-    lab::set_failure(lab::Failure::RpFilter, true).expect("failure on");
-    let tracer = TracerProcess::start(lab::NS_NODE_A, &["--events"]).expect("tracer");
 
     let out = dig(
         &client.netns,
@@ -147,15 +144,13 @@ fn drops_in_the_vpc_are_not_this_nodes() {
     if !privileged() {
         return;
     }
-    let guard = lab::LabGuard::up().expect("lab up");
+    let (guard, mut tracer) =
+        lab_with_tracer(lab::Pin::B, &[lab::Failure::NodeSgTcpOnly], &["--events"]);
     let client = guard
         .topology()
         .pod("default", "client")
         .expect("client")
         .clone();
-    lab::pin(lab::Pin::B).expect("pin b");
-    lab::set_failure(lab::Failure::NodeSgTcpOnly, true).expect("failure on");
-    let mut tracer = TracerProcess::start(lab::NS_NODE_A, &["--events"]).expect("tracer");
 
     let out = dig(
         &client.netns,

@@ -2,7 +2,7 @@
 //! the pod's veth, and the answer coming back on the same veth.
 
 use serde_json::Value;
-use tracer_tests::{TracerProcess, WAIT, dig, lab, privileged};
+use tracer_tests::{WAIT, dig, lab, lab_with_tracer, privileged};
 
 fn is(v: &Value, hook: &str, iface: &str, response: bool, qname: &str) -> bool {
     v["type"] == "packet"
@@ -17,13 +17,12 @@ fn query_and_answer_seen_on_pod_veth() {
     if !privileged() {
         return;
     }
-    let guard = lab::LabGuard::up().expect("lab up");
+    let (guard, tracer) = lab_with_tracer(lab::Pin::Both, &[], &["--events"]);
     let client = guard
         .topology()
         .pod("default", "client")
         .expect("client pod")
         .clone();
-    let tracer = TracerProcess::start(lab::NS_NODE_A, &["--events"]).expect("tracer starts");
 
     let out = dig(
         &client.netns,

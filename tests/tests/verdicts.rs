@@ -5,27 +5,23 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tracer_tests::{TracerProcess, dig, lab, privileged};
+use tracer_tests::{TracerProcess, dig, lab, lab_with_tracer, privileged};
 
 /// Verdict window used by these tests (short, so tests are quick).
 const WINDOW: &str = "2s";
 /// How long to wait for a verdict line: the window plus slack.
 const VERDICT_WAIT: Duration = Duration::from_secs(8);
 
+/// Fields drop in order: the tracer stops before the lab is torn down.
 struct Case {
-    _guard: lab::LabGuard,
     tracer: TracerProcess,
     topo: lab::Topology,
+    _guard: lab::LabGuard,
 }
 
 fn setup(pin: lab::Pin, failures: &[lab::Failure]) -> Case {
-    let guard = lab::LabGuard::up().expect("lab up");
-    lab::pin(pin).expect("pin");
-    for f in failures {
-        lab::set_failure(*f, true).expect("failure on");
-    }
+    let (guard, tracer) = lab_with_tracer(pin, failures, &["--window", WINDOW]);
     let topo = guard.topology().clone();
-    let tracer = TracerProcess::start(lab::NS_NODE_A, &["--window", WINDOW]).expect("tracer");
     Case {
         _guard: guard,
         tracer,

@@ -247,13 +247,7 @@ impl MetaCache {
     /// Endpoints of a Service from its EndpointSlices (empty when slices are not watched).
     pub fn service_endpoints(&self, service: &ObjKey) -> Vec<EndpointMeta> {
         let idx = read(&self.shared.index);
-        let mut out: Vec<EndpointMeta> = idx
-            .slices
-            .values()
-            .filter(|s| s.service.as_ref() == Some(service))
-            .flat_map(|s| s.endpoints.iter().cloned())
-            .collect();
-        out.sort_by_key(|e| e.ip);
+        let mut out = self.endpoints_locked(&idx, service);
         out.dedup_by(|a, b| a.ip == b.ip);
         out
     }
