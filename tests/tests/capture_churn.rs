@@ -125,6 +125,8 @@ fn churn(mode: &str) {
     for round in 1..=2 {
         let veth = add_pod("churn");
         wait_attached(&tracer, &veth, round);
+        // Only this round's lines count (the veth name is the same in both rounds).
+        let from = tracer.line_count();
         let out = dig(
             CHURN_NS,
             &["@198.19.0.10", "kubernetes.default.svc.cluster.local"],
@@ -133,7 +135,7 @@ fn churn(mode: &str) {
             out.contains("198.19.0.1"),
             "round {round}: no answer:\n{out}"
         );
-        let seen = tracer.wait_for(WAIT, |v| {
+        let seen = tracer.wait_for_from(from, WAIT, |v| {
             v["iface"]["name"] == veth.as_str()
                 && v["hook"] == "egress"
                 && v["dns"]["response"] == true
@@ -141,6 +143,7 @@ fn churn(mode: &str) {
         let count = tracer
             .lines()
             .iter()
+            .skip(from)
             .filter(|v| v["iface"]["name"] == veth.as_str())
             .count();
         assert!(
@@ -149,7 +152,7 @@ fn churn(mode: &str) {
             tracer.lines()
         );
         assert!(
-            count >= 2 * round,
+            count >= 2,
             "round {round}: query and answer on {veth}: {count}"
         );
         del_pod(&veth);
