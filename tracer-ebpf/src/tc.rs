@@ -1,12 +1,14 @@
 //! tc classifiers. Each attachment role is its own entry point so the role costs nothing per
 //! packet: `tc_in`/`tc_out` report DNS, TCP control packets and ICMP errors; the `_track`
 //! variants (pod veths toward the node, uplinks toward the VPC) also report the first UDP packet
-//! of each tuple and aggregate the rest in `FLOWS`. Every program returns `TC_ACT_OK`: the tracer
-//! observes, it never changes what happens to a packet.
+//! of each tuple and aggregate the rest in `FLOWS`. Every program returns `TC_ACT_UNSPEC`
+//! (`TCX_NEXT` under tcx): the tracer observes and never decides a packet's fate, so the programs
+//! and filters after it (network-policy agents, Cilium, Calico) still run. `TC_ACT_OK` would be
+//! `TCX_PASS` and end tc processing, switching their policy off.
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{__sk_buff, TC_ACT_OK},
+    bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
     macros::classifier,
     programs::TcContext,
@@ -26,35 +28,35 @@ const ETH_HLEN: u32 = 14;
 /// An empty program: the baseline the benchmarks compare against.
 #[classifier]
 pub fn tc_empty(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 /// Ingress of any observed interface.
 #[classifier]
 pub fn tc_in(ctx: TcContext) -> i32 {
     observe(&ctx, hook::TC_INGRESS, false);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 /// Egress of any observed interface.
 #[classifier]
 pub fn tc_out(ctx: TcContext) -> i32 {
     observe(&ctx, hook::TC_EGRESS, false);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 /// Ingress with UDP first-packet tracking (pod veths: packets coming from the pod).
 #[classifier]
 pub fn tc_in_track(ctx: TcContext) -> i32 {
     observe(&ctx, hook::TC_INGRESS, true);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 /// Egress with UDP first-packet tracking (uplinks: packets leaving the node).
 #[classifier]
 pub fn tc_out_track(ctx: TcContext) -> i32 {
     observe(&ctx, hook::TC_EGRESS, true);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 /// The program's `__sk_buff`.
