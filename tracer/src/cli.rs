@@ -38,6 +38,7 @@ pub enum Command {
         nodes: usize,
     },
     /// Measure the kernel programs' cost per packet with BPF_PROG_TEST_RUN (needs root).
+    #[cfg(feature = "devtools")]
     #[command(hide = true)]
     Bench {
         /// Packets per case.
@@ -120,7 +121,7 @@ pub struct RunArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Unix socket for `tracer observe` (created mode 0600: root only).
-    #[arg(long, value_name = "PATH", default_value = crate::observe::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = crate::sinks::stream::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 
     /// Do not serve the `tracer observe` socket.
@@ -128,13 +129,13 @@ pub struct RunArgs {
     pub no_socket: bool,
 
     /// What stdout carries: tracer.flow/v1 verdicts, or OCSF 1.2 events for a SIEM.
-    #[arg(long, value_enum, default_value_t = crate::observe::sink::StdoutFormat::Flow)]
-    pub format: crate::observe::sink::StdoutFormat,
+    #[arg(long, value_enum, default_value_t = crate::sinks::StdoutFormat::Flow)]
+    pub format: crate::sinks::StdoutFormat,
 
     /// Redact DNS query names on stdout: `hash` (sha256:<16 hex>, still groupable) or `drop`.
     /// `tracer observe` still shows them.
     #[arg(long, value_enum, value_name = "MODE")]
-    pub redact_qname: Option<crate::observe::ocsf::RedactMode>,
+    pub redact_qname: Option<crate::sinks::ocsf::RedactMode>,
 }
 
 /// Parses `1500ms`, `5s`, `2m` or a bare number of seconds.

@@ -1,25 +1,14 @@
 //! tracer: per-flow verdicts for DNS and pod egress on Kubernetes nodes.
 
-mod annotate;
-mod attach;
-mod bench;
 mod capture;
 mod cli;
+mod daemon;
 mod decode;
-mod dns;
+#[cfg(any(test, feature = "devtools"))]
+mod devtools;
 mod enrich;
-mod ethtool;
-mod event;
-mod iface;
-mod kernel;
-#[cfg(test)]
-mod kernel_tests;
-mod metrics;
-mod netns;
-mod nodestats;
 mod observe;
-mod packets;
-mod run;
+mod sinks;
 mod verdict;
 
 use clap::Parser as _;
@@ -39,7 +28,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Run(args) => run::main(args),
+        cli::Command::Run(args) => daemon::main(args),
         cli::Command::Observe(args) => observe::client::main(args),
         cli::Command::MetaDump(a) => enrich::dump_main(
             enrich::EnrichConfig {
@@ -51,7 +40,8 @@ fn main() -> std::process::ExitCode {
             a.timeout,
         ),
         cli::Command::MetaBench { pods, nodes } => enrich::bench_main(pods, nodes),
-        cli::Command::Bench { packets } => bench::main(packets),
+        #[cfg(feature = "devtools")]
+        cli::Command::Bench { packets } => devtools::bench::main(packets),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

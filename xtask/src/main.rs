@@ -157,7 +157,14 @@ fn main() -> Result<()> {
             cargo_test(&test)
         }
         Command::Bench { packets, load } => {
-            cargo(&["build", "--release", "-p", "tracer"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "tracer",
+                "--features",
+                "devtools",
+            ])?;
             let bin = xtask::tracer::workspace_root().join("target/release/tracer");
             let status = Process::new(&bin)
                 .args(["bench", "--packets", &packets.to_string()])

@@ -29,8 +29,9 @@
 #![allow(dead_code, reason = "lookups are API for the verdict and sink stages")]
 
 mod cache;
+mod file;
+pub mod finalize;
 mod index;
-mod lab;
 #[cfg(test)]
 mod mock_tests;
 mod model;
@@ -48,7 +49,7 @@ use serde_json::{Value, json};
 #[allow(unused_imports, reason = "re-exported API of the stage")]
 pub use cache::{CacheState, CacheStats, MetaCache};
 #[allow(unused_imports, reason = "re-exported API of the stage")]
-pub use lab::LAB_TOPOLOGY_PATH;
+pub use file::LAB_TOPOLOGY_PATH;
 #[allow(unused_imports, reason = "re-exported API of the stage")]
 pub use model::{
     AnnotationError, BRANCH_VETH_PREFIX, BranchEni, DEFAULT_VETH_PREFIX, EndpointMeta, NodeMeta,

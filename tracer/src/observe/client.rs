@@ -13,12 +13,8 @@ use tokio::{
     net::UnixStream,
 };
 
-use super::{
-    DEFAULT_SOCKET,
-    filter::Filter,
-    server::Request,
-    table::{self, TableStyle},
-};
+use super::table::{self, TableStyle};
+use crate::sinks::stream::{DEFAULT_SOCKET, Request, filter::Filter};
 
 /// Lines shown by `--no-follow` when `--last` is not given.
 pub const DEFAULT_LAST_NO_FOLLOW: usize = 20;
@@ -265,7 +261,7 @@ pub async fn stream_to(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::server::{self, Hub, ObserveStats};
+    use crate::sinks::stream::{self, Hub, ObserveStats};
     use clap::Parser as _;
     use std::{sync::Arc, time::Duration};
 
@@ -433,7 +429,7 @@ mod tests {
                 Arc::new(serde_json::from_str(line).expect("json")),
             );
         }
-        let listener = server::bind(&path).expect("bind");
+        let listener = stream::bind(&path).expect("bind");
         let task = tokio::spawn(listener.run(hub.clone(), ObserveStats::default()));
         let sock = path.to_str().expect("utf8");
         let style = TableStyle::default();

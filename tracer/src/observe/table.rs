@@ -12,7 +12,7 @@
 use anstyle::{AnsiColor, Style};
 use serde_json::Value;
 
-use super::{field, is_packet_event, str_at};
+use crate::sinks::json::{field, is_packet_event, str_at};
 
 /// How rows are rendered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

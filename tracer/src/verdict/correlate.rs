@@ -7,7 +7,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::event::{DnsInfo, Hook, Iface, IfaceKind, PacketEvent, Proto};
+use crate::decode::event::{DnsInfo, Hook, Iface, IfaceKind, PacketEvent, Proto};
 
 use super::decide::{self, Closing, Ctx, Recent, RecentKey};
 use super::flow::{

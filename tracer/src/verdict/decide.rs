@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::event::{Hook, IfaceKind};
+use crate::decode::event::{Hook, IfaceKind};
 
 use super::flow::{Attempt, AttemptKind, Detail, Flow, Sighting, flags_text, tcp};
 use super::model::{

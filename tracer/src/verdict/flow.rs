@@ -16,7 +16,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::event::{DropInfo, Hook, Iface, IfaceKind};
+use crate::decode::event::{DropInfo, Hook, Iface, IfaceKind};
 
 use super::model::{ClientSide, Direction, FlowKind, Transport, VerdictKind};
 

@@ -1,7 +1,7 @@
 //! The `hint`: one sentence naming the likely cause and where to look, rendered from the
 //! verdict's own fields (so enrichment can re-render it with pod and node names).
 
-use crate::event::IfaceKind;
+use crate::decode::event::IfaceKind;
 
 use super::model::{
     ClientSide, Direction, FlowKind, PodMeta, RejectBy, Stage, Transport, Verdict, VerdictKind,

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::event::{Hook, IfaceKind};
+use crate::decode::event::{Hook, IfaceKind};
 
 /// Value of [`Verdict::schema`].
 pub const SCHEMA: &str = "tracer.flow/v1";

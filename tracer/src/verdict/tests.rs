@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::event::{DnsInfo, DropInfo, Hook, Iface, IfaceKind, PacketEvent, Proto};
+use crate::decode::event::{DnsInfo, DropInfo, Hook, Iface, IfaceKind, PacketEvent, Proto};
 
 const BASE: u64 = 1_000_000_000_000;
 const QN: &str = "web.default.svc.cluster.local";

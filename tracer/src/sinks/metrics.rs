@@ -36,7 +36,10 @@ use prometheus_client::{
 use serde_json::Value;
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::observe::{self, server::ObserveStats};
+use crate::sinks::{
+    json,
+    stream::{ObserveStats, filter},
+};
 
 /// Longest label value kept (longer ones are cut).
 pub const MAX_LABEL_LEN: usize = 64;
@@ -76,7 +79,7 @@ pub const USER_COUNTERS: [&str; 4] = [
 /// Kubernetes cache states reported by `tracer_k8s_cache_state`.
 pub const CACHE_STATES: [&str; 5] = ["disabled", "static", "syncing", "ready", "stale"];
 
-const VERDICTS: [&str; 7] = observe::filter::VERDICTS;
+const VERDICTS: [&str; 7] = filter::VERDICTS;
 const KINDS: [&str; 2] = ["dns", "egress"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -291,14 +294,14 @@ impl Metrics {
     /// `where.interface_kind` (empty when unknown). Lines without a `verdict` (packet events,
     /// notices) are not counted.
     pub fn record_verdict(&self, v: &Value) {
-        let Some(verdict) = observe::str_at(v, "verdict") else {
+        let Some(verdict) = json::str_at(v, "verdict") else {
             return;
         };
         let labels = VerdictLabels {
             verdict: known_or_other(verdict, &VERDICTS),
-            kind: known_or_other(observe::str_at(v, "kind").unwrap_or_default(), &KINDS),
-            reason: label(observe::str_at(v, "drop.reason").unwrap_or_default()),
-            interface_kind: label(observe::str_at(v, "where.interface_kind").unwrap_or_default()),
+            kind: known_or_other(json::str_at(v, "kind").unwrap_or_default(), &KINDS),
+            reason: label(json::str_at(v, "drop.reason").unwrap_or_default()),
+            interface_kind: label(json::str_at(v, "where.interface_kind").unwrap_or_default()),
         };
         self.inner.verdicts.get_or_create(&labels).inc();
     }

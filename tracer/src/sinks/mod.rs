@@ -1,4 +1,6 @@
-//! The daemon's fan-out for each output line: metrics, the `tracer observe` socket, and stdout.
+//! Pipeline stage 5, the sinks: where each verdict goes once it is final. The daemon's fan-out
+//! ([`Sinks`]) counts it in the [`metrics`], publishes it on the live [`stream`] for
+//! `tracer observe`, and returns the stdout line (a SIEM's input), shaped by [`ocsf`].
 //!
 //! Observers on the socket always get the `tracer.flow/v1` line as produced (they are root on
 //! the node and need the real names). Stdout, the path to a SIEM, gets it redacted with
@@ -8,11 +10,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{
-    ocsf::{self, RedactMode},
-    server::Hub,
-};
-use crate::metrics::Metrics;
+pub mod json;
+pub mod metrics;
+pub mod ocsf;
+pub mod stream;
+
+use self::{metrics::Metrics, ocsf::RedactMode, stream::Hub};
 
 /// What `tracer run` prints on stdout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -66,7 +69,7 @@ impl Sinks {
         if !to_stdout {
             return None;
         }
-        let is_verdict = !super::is_packet_event(&value);
+        let is_verdict = !json::is_packet_event(&value);
         let ocsf = self.format == StdoutFormat::Ocsf && is_verdict;
         if self.redact.is_none() && !ocsf {
             return Some(line.to_string());

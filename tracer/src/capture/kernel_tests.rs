@@ -5,11 +5,12 @@
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 
 use crate::{
-    capture::{Capture, TcProgram},
-    decode::{self, NoSymbols},
-    event::{Hook, PacketEvent, Proto},
-    iface::IfaceTable,
-    packets::*,
+    capture::{Capture, TcProgram, iface::IfaceTable},
+    decode::{
+        self, NoSymbols,
+        event::{Hook, PacketEvent, Proto},
+    },
+    devtools::packets::*,
 };
 
 fn privileged() -> bool {
@@ -32,7 +33,7 @@ struct Kernel {
 }
 
 impl Kernel {
-    fn counters(&self) -> Result<crate::capture::Counters, crate::capture::CaptureError> {
+    fn counters(&self) -> Result<crate::capture::Counters, crate::capture::load::CaptureError> {
         self.capture.counters()
     }
 }

@@ -4,8 +4,8 @@
 //! disabled), so a SIEM can tell "no name" from "names unknown because the API was down".
 
 use crate::{
+    decode::event::IfaceKind,
     enrich::{MetaCache, PodMeta as KubePod},
-    event::IfaceKind,
     verdict::{PodMeta, Verdict},
 };
 

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::str_at;
+use crate::sinks::json::{self, str_at};
 
 /// Most values one flag may carry (a bound on the work per line and client).
 pub const MAX_VALUES_PER_FLAG: usize = 64;
@@ -237,9 +237,8 @@ fn any_or_unset<T>(wanted: &[T], pred: impl FnMut(&T) -> bool) -> bool {
 
 /// `kind` of a verdict; for a packet event, `dns` when it carries DNS facts.
 fn kind_of(v: &Value) -> Option<&str> {
-    str_at(v, "kind").or_else(|| {
-        (super::is_packet_event(v) && super::field(v, "dns").is_some()).then_some("dns")
-    })
+    str_at(v, "kind")
+        .or_else(|| (json::is_packet_event(v) && json::field(v, "dns").is_some()).then_some("dns"))
 }
 
 /// Every namespace a line names: client, server, and the Service's.

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+pub use crate::capture::iface::{Iface, IfaceKind};
+
 /// Where a packet was observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -15,39 +17,6 @@ pub enum Hook {
     Egress,
     /// The kernel freed the packet as a drop (skb:kfree_skb).
     Drop,
-}
-
-/// What an interface is, as far as the path of a flow is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum IfaceKind {
-    /// Host side of a pod's veth (VPC CNI `eni*`/`vlan*`, Calico `cali*`, Cilium `lxc*`, `veth*`).
-    PodVeth,
-    /// A node uplink: primary or secondary ENI (`eth*`, `ens*`, `enp*`).
-    Uplink,
-    /// The trunk ENI carrying branch-ENI VLANs.
-    Trunk,
-    /// A branch ENI (`vlan.eth.<vlan id>`): security groups for pods.
-    BranchEni,
-    /// Loopback.
-    Loopback,
-    /// Anything else (bridges, tunnels, dummies such as nodelocaldns).
-    #[default]
-    Other,
-}
-
-/// An interface at the time of the event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Iface {
-    /// Interface index in the tracer's namespace (0 when the kernel did not say).
-    pub ifindex: u32,
-    /// Name, or `if<index>` when unknown.
-    pub name: String,
-    /// Classification.
-    pub kind: IfaceKind,
-    /// For a branch ENI: its VLAN id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vlan: Option<u16>,
 }
 
 /// Transport of a packet.

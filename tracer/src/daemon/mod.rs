@@ -16,15 +16,17 @@ use tokio::{
 };
 
 use crate::{
-    attach::AttachManager,
-    capture::{Capture, Counters},
+    capture::{
+        Capture, Counters,
+        attach::AttachManager,
+        iface::{Classifier, IfaceTable},
+        kernel, netns,
+    },
     cli::RunArgs,
+    decode::event::Hook,
     decode::{self, NoSymbols, Symbols},
     enrich::{self, MetaCache},
-    event::Hook,
-    iface::{Classifier, IfaceTable},
-    kernel, netns,
-    observe::sink::Sinks,
+    sinks::Sinks,
     verdict::{self, Correlator, Verdict},
 };
 
@@ -128,7 +130,7 @@ impl Pipeline {
     fn emit(&mut self, verdicts: Vec<Verdict>) {
         for mut v in verdicts {
             v.time = self.clock.wall_rfc3339(v.start_ns);
-            crate::annotate::annotate(&mut v, &self.meta);
+            crate::enrich::finalize::annotate(&mut v, &self.meta);
             match serde_json::to_value(&v) {
                 Ok(value) => self.write(value, true),
                 Err(err) => {
@@ -234,17 +236,17 @@ impl Scope {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let classifier = Classifier::new(&args.iface_overrides)?.with_pod_prefix(&args.veth_prefix);
     // Sinks first: a taken port or socket fails start-up, and /healthz answers while loading.
-    let metrics = crate::metrics::Metrics::new();
+    let metrics = crate::sinks::metrics::Metrics::new();
     if let Some(addr) = args.metrics_addr {
-        tokio::spawn(crate::metrics::serve(addr, metrics.clone()).await?);
+        tokio::spawn(crate::sinks::metrics::serve(addr, metrics.clone()).await?);
     }
-    let hub = crate::observe::server::Hub::new();
-    let observe_stats = crate::observe::server::ObserveStats::default();
+    let hub = crate::sinks::stream::Hub::new();
+    let observe_stats = crate::sinks::stream::ObserveStats::default();
     metrics.track_observe(observe_stats.clone());
     let observe_task = if args.no_socket {
         None
     } else {
-        let server = crate::observe::server::serve(&args.socket, hub.clone(), observe_stats)
+        let server = crate::sinks::stream::serve(&args.socket, hub.clone(), observe_stats)
             .context("serving the observe socket (--socket)")?;
         Some(tokio::spawn(server))
     };
@@ -472,8 +474,8 @@ struct ConntrackWatch {
 }
 
 impl ConntrackWatch {
-    fn sample(&mut self, metrics: &crate::metrics::Metrics) {
-        let counters = crate::nodestats::read_conntrack();
+    fn sample(&mut self, metrics: &crate::sinks::metrics::Metrics) {
+        let counters = crate::capture::signals::conntrack::read_conntrack();
         if counters.is_empty() {
             return;
         }
@@ -511,13 +513,13 @@ impl EnaWatch {
     /// Bound on remembered (interface, counter) pairs.
     const MAX: usize = 1024;
 
-    fn sample(&mut self, metrics: &crate::metrics::Metrics, ifaces: &IfaceTable) {
-        use crate::event::IfaceKind;
+    fn sample(&mut self, metrics: &crate::sinks::metrics::Metrics, ifaces: &IfaceTable) {
+        use crate::decode::event::IfaceKind;
         for iface in ifaces.live() {
             if !matches!(iface.kind, IfaceKind::Uplink | IfaceKind::Trunk) {
                 continue;
             }
-            for (counter, value) in crate::ethtool::allowance_exceeded(&iface.name) {
+            for (counter, value) in crate::capture::signals::ena::allowance_exceeded(&iface.name) {
                 metrics.set_ena(&iface.name, &counter, value);
                 let key = (iface.name.clone(), counter);
                 match self.last.get(&key) {
@@ -543,7 +545,7 @@ const METRICS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Copies the absolute counters into the metrics.
 fn update_metrics(
-    metrics: &crate::metrics::Metrics,
+    metrics: &crate::sinks::metrics::Metrics,
     capture: &Capture,
     mgr: &AttachManager,
     p: &Pipeline,

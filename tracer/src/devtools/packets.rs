@@ -1,7 +1,12 @@
 //! Hand-built packets for benchmarks and the in-kernel parser tests (BPF_PROG_TEST_RUN).
 //! Addresses are the lab's: client pod 198.18.1.21 → kube-dns ClusterIP 198.19.0.10.
-// Some builders serve only the kernel tests.
-#![cfg_attr(not(test), allow(dead_code))]
+#![cfg_attr(
+    not(test),
+    allow(
+        dead_code,
+        reason = "some builders serve only the in-kernel parser tests"
+    )
+)]
 
 pub fn eth_ipv4(proto: u8, l4: &[u8]) -> Vec<u8> {
     let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];

@@ -34,7 +34,12 @@ use tokio::{
     sync::broadcast::{self, error::RecvError, error::TryRecvError},
 };
 
-use super::filter::{Filter, Matcher};
+pub mod filter;
+
+use self::filter::{Filter, Matcher};
+
+/// Default path of the live-stream socket.
+pub const DEFAULT_SOCKET: &str = "/run/tracer/tracer.sock";
 
 /// Lines the broadcast channel holds for the slowest client before that client starts to miss
 /// lines (it is then told how many with a notice).
@@ -124,7 +129,7 @@ impl Hub {
         } else {
             line
         };
-        let event = super::is_packet_event(&value);
+        let event = crate::sinks::json::is_packet_event(&value);
         let mut h = self
             .inner
             .history

@@ -31,7 +31,7 @@
 use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 
-use super::{field, str_at};
+use super::json::{field, str_at};
 
 /// OCSF schema version the mapping follows.
 pub const OCSF_VERSION: &str = "1.2.0";

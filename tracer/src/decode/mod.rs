@@ -1,14 +1,16 @@
-//! Ring-buffer records → typed [`PacketEvent`]s. Every record is length-checked before it is
+//! Pipeline stage 2, decode: ring-buffer records → typed [`PacketEvent`]s. Every record is length-checked before it is
 //! read; a short or unknown record is an error the caller counts and logs, never a panic.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub mod dns;
+pub mod event;
+
 use tracer_common::{PacketEvent as RawEvent, flags, hook, kind};
 
 use crate::{
-    dns,
-    event::{DropInfo, Hook, Iface, IfaceKind, PacketEvent, Proto},
-    iface::IfaceTable,
+    capture::iface::IfaceTable,
+    decode::event::{DropInfo, Hook, Iface, IfaceKind, PacketEvent, Proto},
 };
 
 /// Why a record could not be decoded.

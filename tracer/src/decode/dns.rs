@@ -9,7 +9,7 @@ use hickory_proto::{
     serialize::binary::{BinDecodable as _, BinDecoder},
 };
 
-use crate::event::DnsInfo;
+use crate::decode::event::DnsInfo;
 
 const HEADER_LEN: usize = 12;
 

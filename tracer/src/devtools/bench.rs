@@ -12,7 +12,7 @@ use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 
 use crate::{
     capture::{Capture, TcProgram},
-    packets::{dns_message, eth_ipv4, tcp, udp},
+    devtools::packets::{dns_message, eth_ipv4, tcp, udp},
 };
 
 /// Packets per BPF_PROG_TEST_RUN call (below what fills the ring buffer).

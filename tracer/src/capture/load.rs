@@ -289,7 +289,8 @@ impl Capture {
         })
     }
 
-    /// The loaded object, for benchmarks (program test runs).
+    /// The loaded object, for benchmarks and in-kernel tests (program test runs).
+    #[cfg(any(test, feature = "devtools"))]
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }

@@ -11,10 +11,9 @@ use netlink_packet_route::{
     link::{LinkAttribute, LinkInfo, LinkMessage},
 };
 
-use crate::{
-    capture::{Capture, TcProgram},
-    event::{Iface, IfaceKind},
-    iface::{Classifier, Decision, IfaceTable, branch_vlan},
+use crate::capture::{
+    Capture, TcProgram,
+    iface::{Classifier, Decision, Iface, IfaceKind, IfaceTable, branch_vlan},
 };
 
 /// An interface with its attachments.
