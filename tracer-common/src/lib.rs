@@ -11,6 +11,8 @@ pub mod kind {
     pub const PACKET: u8 = 1;
     /// A packet of interest freed by the kernel as a drop ([`crate::PacketEvent`] with drop fields).
     pub const DROP: u8 = 2;
+    /// A DNS query tracked in the kernel's table, handed over whole ([`crate::DnsRecord`]).
+    pub const DNS: u8 = 3;
 }
 
 /// Observation point of a [`crate::PacketEvent`] ([`EventHeader::hook`]).
@@ -94,7 +96,9 @@ pub struct PacketEvent {
     pub vlan: u16,
     /// Number of valid bytes in [`PacketEvent::dns`].
     pub dns_len: u16,
-    /// For ICMP errors: the quoted packet's L4 protocol; ICMP code in the high byte.
+    /// For ICMP errors: the ICMP code in the low byte, the ICMP protocol (1 or 58) in the high
+    /// byte; the ICMP type is in [`PacketEvent::tcp_flags`] and the quoted packet's L4 protocol
+    /// in [`PacketEvent::l4_proto`].
     pub icmp_inner: u16,
     /// Reserved, zero.
     pub _pad: [u8; 6],
@@ -114,15 +118,15 @@ pub mod counter {
     /// Packets that entered a tc program on CPUs beyond [`crate::SEEN_MAX_CPUS`] (the others
     /// are counted in the `.bss` array `TC_SEEN_PER_CPU`).
     pub const TC_SEEN: u32 = 0;
-    /// Packets reported by a tc program.
+    /// Packet records emitted by a tc program.
     pub const TC_EMITTED: u32 = 1;
-    /// tc records lost because the ring buffer was full.
+    /// tc packet records lost because the ring buffer was full.
     pub const TC_RINGBUF_FULL: u32 = 2;
     /// Packets a tc program could not parse (truncated headers).
     pub const TC_PARSE_ERROR: u32 = 3;
     /// kfree_skb calls that reached the drop program.
     pub const DROP_SEEN: u32 = 4;
-    /// Drops of packets of interest reported.
+    /// Drops of packets of interest reported as packet records.
     pub const DROP_EMITTED: u32 = 5;
     /// Drop records lost because the ring buffer was full.
     pub const DROP_RINGBUF_FULL: u32 = 6;
@@ -132,8 +136,31 @@ pub mod counter {
     pub const FLOW_TABLE_FULL: u32 = 8;
     /// Packets of known flows aggregated in the kernel instead of being streamed.
     pub const FLOW_AGGREGATED: u32 = 9;
+    /// UDP DNS queries that opened an entry in the kernel's DNS table.
+    pub const DNS_TRACKED: u32 = 10;
+    /// DNS queries that could not be tracked: the DNS table was full (a counted loss).
+    pub const DNS_TABLE_FULL: u32 = 11;
+    /// Answers delivered to their client and counted in the answer summaries, in the kernel.
+    pub const DNS_SUMMARIZED: u32 = 12;
+    /// DNS records (one per query handed over whole) emitted.
+    pub const DNS_RECORDS: u32 = 13;
+    /// DNS records lost because the ring buffer was full (the entry stays for the sweeper).
+    pub const DNS_RINGBUF_FULL: u32 = 14;
+    /// UDP DNS responses that matched no open query (the tracer started mid-query, or an
+    /// answer after the entry was decided).
+    pub const DNS_ORPHAN: u32 = 15;
+    /// Responses to queries older than the window (left to the sweeper, not matched).
+    pub const DNS_LATE: u32 = 16;
+    /// Summary inserts that failed (summary table full); the query was handed over whole.
+    pub const SUMMARY_FULL: u32 = 17;
+    /// Drops in network namespaces that are not this node's (other machines in the lab).
+    pub const DROP_OTHER_NODE: u32 = 18;
+    /// Delivered entries removed by the kernel after their linger time.
+    pub const DNS_LINGER_FREED: u32 = 19;
+    /// New queries that could not replace an expired entry still waiting for the sweeper.
+    pub const DNS_KEY_BUSY: u32 = 20;
     /// Number of counters.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 21;
 }
 
 /// Kernel struct offsets the drop program needs, read from the running kernel's BTF at start-up
@@ -195,10 +222,336 @@ pub struct FlowStats {
     pub bytes: u64,
     /// Last time a packet of the flow was seen (`bpf_ktime_get_ns`).
     pub last_ns: u64,
+    /// [`flow_flags`] bits.
+    pub flags: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// Bits of [`FlowStats::flags`].
+pub mod flow_flags {
+    /// A reply of the flow was reported at a pod veth's egress (toward the pod).
+    pub const REPLY_AT_POD: u32 = 1 << 0;
+    /// A reply of the flow was reported at an uplink's ingress (into the node).
+    pub const REPLY_AT_UPLINK: u32 = 1 << 1;
 }
 
 /// Limit of the in-kernel flow table (LRU: the least recently used flow is evicted when full).
 pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
+
+/// Key of the in-kernel DNS table: the client side of a query, which DNAT does not change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsKey {
+    /// Client address (IPv4 in the first 4 bytes).
+    pub client: [u8; 16],
+    /// Client port.
+    pub port: u16,
+    /// DNS message id.
+    pub id: u16,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// Reserved, zero (the table tracks UDP only: DNS over TCP is reported per packet).
+    pub _pad: [u8; 3],
+}
+
+/// Where a query's client sits, judged from the query's first sighting ([`DnsEntry::origin`]).
+pub mod origin {
+    /// A pod of this node: first seen entering the node at its veth.
+    pub const POD: u8 = 1;
+    /// Another machine: first seen entering through an uplink, trunk or branch ENI.
+    pub const REMOTE: u8 = 2;
+    /// The node itself (host network), or unknown: first seen leaving, or on another interface.
+    pub const HOST: u8 = 3;
+}
+
+/// Life of a DNS table entry ([`DnsEntry::state`]).
+pub mod dns_state {
+    /// The query is on its way: the kernel adds every sighting to the entry.
+    pub const OPEN: u8 = 1;
+    /// The answer reached the client: counted in a summary (or handed over whole). The entry
+    /// lingers briefly so a drop inside the client pod right after delivery still finds it.
+    pub const DELIVERED: u8 = 2;
+    /// Something unusual happened (a drop, an ICMP error, a resend, a truncated answer, a late
+    /// answer): the entry was handed over and every later packet of the query is reported one
+    /// by one.
+    pub const STREAMING: u8 = 3;
+}
+
+/// Why a [`DnsRecord`] was handed over ([`DnsRecord::why`]).
+pub mod dns_why {
+    /// The answer was delivered and the query was interesting (slow, truncated, retried,
+    /// `--answered flows`, or the summary table was full).
+    pub const DELIVERED: u8 = 1;
+    /// A packet of the query or its answer was dropped by the kernel.
+    pub const DROPPED: u8 = 2;
+    /// An ICMP error quoting the query came back.
+    pub const ICMP: u8 = 3;
+    /// The client sent the same query again (same socket and id).
+    pub const RESEND: u8 = 4;
+    /// A different query reused the socket and id while this one was still open.
+    pub const SUPERSEDED: u8 = 5;
+    /// Read from the table by the daemon's sweeper (window over, or a record that could not be
+    /// emitted).
+    pub const SWEPT: u8 = 6;
+    /// An answer already counted in a summary was dropped inside the client pod afterwards.
+    pub const DROPPED_AFTER_SUMMARY: u8 = 7;
+}
+
+/// Bits of [`DnsEntry::flags`].
+pub mod dns_flags {
+    /// An answer was seen.
+    pub const ANSWER: u16 = 1 << 0;
+    /// The answer had the TC bit.
+    pub const TRUNCATED: u16 = 1 << 1;
+    /// The question copy was cut at [`crate::DNS_QUESTION_LEN`] (or the packet ended).
+    pub const QUESTION_CUT: u16 = 1 << 2;
+    /// The client was waiting on an older, slow query when this one started: a retry with a
+    /// new socket or id. Handed over whole so the daemon can link the two.
+    pub const RETRY_SUSPECT: u16 = 1 << 3;
+    /// The answer was counted in the summary of [`DnsEntry::epoch`].
+    pub const SUMMARIZED: u16 = 1 << 4;
+    /// The record could not be emitted when the entry changed state: the sweeper hands it over.
+    pub const UNSENT: u16 = 1 << 5;
+    /// A drop is recorded in [`DnsEntry::drop_reason`] and friends.
+    pub const DROP: u16 = 1 << 6;
+    /// An ICMP error is recorded in [`DnsEntry::icmp`].
+    pub const ICMP: u16 = 1 << 7;
+    /// Sightings beyond [`crate::DNS_MAX_HOPS`] were not recorded ([`DnsEntry::omitted`]).
+    pub const HOPS_FULL: u16 = 1 << 8;
+}
+
+/// Bits of [`DnsHop::form`]: how the addresses looked at that point.
+pub mod hop_form {
+    /// The server side was the translated address ([`DnsEntry::server`], after DNAT), not the
+    /// one the client asked ([`DnsEntry::service`]).
+    pub const TRANSLATED: u8 = 1 << 0;
+    /// An ICMP error quoting the query (the entry's `icmp` holds its type and code).
+    pub const ICMP: u8 = 1 << 1;
+    /// The kernel dropped the packet here (the entry's drop fields).
+    pub const DROP: u8 = 1 << 2;
+    /// The packet was a response.
+    pub const RESPONSE: u8 = 1 << 3;
+}
+
+/// Sightings kept per DNS table entry; later ones are counted in [`DnsEntry::omitted`].
+pub const DNS_MAX_HOPS: usize = 10;
+/// Bytes of the question (name in wire format + type + class) kept per entry. Longer names are
+/// cut (flag [`dns_flags::QUESTION_CUT`]); the type is kept separately.
+pub const DNS_QUESTION_LEN: usize = 128;
+
+/// One sighting of a tracked query or its answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsHop {
+    /// `CLOCK_MONOTONIC` ns.
+    pub ts_ns: u64,
+    /// Interface index (tc: the tracer's namespace; drops: the device's, see
+    /// [`DnsEntry::drop_netns`]).
+    pub ifindex: u32,
+    /// One of [`hook`].
+    pub hook: u8,
+    /// [`hop_form`] bits.
+    pub form: u8,
+    /// 802.1Q VLAN id of the frame (0 when untagged).
+    pub vlan: u16,
+}
+
+/// A tracked DNS query (value of the kernel's DNS table, and the body of a [`DnsRecord`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEntry {
+    /// First sighting, `CLOCK_MONOTONIC` ns.
+    pub first_ns: u64,
+    /// Last sighting.
+    pub last_ns: u64,
+    /// When the answer was delivered (0 before).
+    pub done_ns: u64,
+    /// One of [`dns_state`].
+    pub state: u8,
+    /// One of [`origin`].
+    pub origin: u8,
+    /// Valid entries in [`DnsEntry::hops`].
+    pub nhops: u8,
+    /// Sightings not recorded (saturating).
+    pub omitted: u8,
+    /// [`dns_flags`] bits.
+    pub flags: u16,
+    /// Query type (from the question).
+    pub qtype: u16,
+    /// Response code of the answer (low 4 bits of the header's flags).
+    pub rcode: u8,
+    /// Summary epoch the answer was counted in ([`dns_flags::SUMMARIZED`]).
+    pub epoch: u8,
+    /// Valid bytes in [`DnsEntry::question`].
+    pub qlen: u8,
+    /// ICMP protocol of [`DnsEntry::icmp`] (1 or 58; 0 when none).
+    pub icmp_proto: u8,
+    /// Answer records in the answer.
+    pub ancount: u16,
+    /// ICMP error: type in the high byte, code in the low byte.
+    pub icmp: u16,
+    /// Destination the client asked (before DNAT), e.g. the kube-dns ClusterIP.
+    pub service: [u8; 16],
+    /// Destination after DNAT (the replica), first seen translated; equal to `service` until then.
+    pub server: [u8; 16],
+    /// Port the client asked.
+    pub service_port: u16,
+    /// Port after DNAT.
+    pub server_port: u16,
+    /// Drop reason (`enum skb_drop_reason`), when [`dns_flags::DROP`].
+    pub drop_reason: u32,
+    /// Network namespace inode of the dropping device (0 unknown).
+    pub drop_netns: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// Kernel address that freed the packet.
+    pub drop_location: u64,
+    /// Sightings in order.
+    pub hops: [DnsHop; DNS_MAX_HOPS],
+    /// The question as it was on the wire (name labels, type, class), cut at
+    /// [`DNS_QUESTION_LEN`].
+    pub question: [u8; DNS_QUESTION_LEN],
+}
+
+/// A tracked DNS query handed to userspace (ring-buffer record of kind [`kind::DNS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsRecord {
+    /// Common header (`hook` 0, `ifindex` 0, `ts_ns` when emitted).
+    pub header: EventHeader,
+    /// The query's key.
+    pub key: DnsKey,
+    /// One of [`dns_why`].
+    pub why: u8,
+    /// Reserved, zero.
+    pub _pad: [u8; 7],
+    /// The entry as it was when emitted.
+    pub entry: DnsEntry,
+}
+
+/// Key of the answer summaries: one per (client, replica, qtype, rcode) and epoch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SummaryKey {
+    /// Client address.
+    pub client: [u8; 16],
+    /// Server after DNAT (the replica).
+    pub server: [u8; 16],
+    /// Query type.
+    pub qtype: u16,
+    /// Response code.
+    pub rcode: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// Summary epoch ([`Control::epoch`] when the answer was counted).
+    pub epoch: u8,
+    /// [`origin`] of the client.
+    pub origin: u8,
+    /// Reserved, zero.
+    pub _pad: [u8; 2],
+}
+
+/// Latency buckets of a summary: two per power of two from 2^[`LATENCY_MIN_LOG2`] ns.
+pub const LATENCY_BUCKETS: usize = 48;
+/// log2 of the lower bound (ns) of latency bucket 1 (bucket 0 holds everything below it).
+pub const LATENCY_MIN_LOG2: u32 = 10;
+
+/// Bucket of a latency in ns: `2 * (log2(ns) - LATENCY_MIN_LOG2) + (next bit)`, clamped to
+/// `0..LATENCY_BUCKETS`. Bucket `b ≥ 1` covers `[lower(b), lower(b + 1))`.
+#[inline(always)]
+pub fn latency_bucket(ns: u64) -> usize {
+    if ns < (1 << LATENCY_MIN_LOG2) {
+        return 0;
+    }
+    let log2 = 63 - ns.leading_zeros();
+    let half = ((ns >> (log2 - 1)) & 1) as u32;
+    let b = 2 * (log2 - LATENCY_MIN_LOG2) + half + 1;
+    if b as usize >= LATENCY_BUCKETS {
+        LATENCY_BUCKETS - 1
+    } else {
+        b as usize
+    }
+}
+
+/// Lower bound in ns of latency bucket `b` (0 for bucket 0).
+pub fn latency_bucket_lower(b: usize) -> u64 {
+    if b == 0 {
+        return 0;
+    }
+    let k = (b - 1) as u32;
+    let log2 = LATENCY_MIN_LOG2 + k / 2;
+    let base = 1u64 << log2;
+    if k.is_multiple_of(2) {
+        base
+    } else {
+        base + base / 2
+    }
+}
+
+/// Value of the answer summaries (updated with atomic adds by every CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SummaryValue {
+    /// Answers delivered.
+    pub count: u64,
+    /// Sum of their latencies, ns.
+    pub sum_ns: u64,
+    /// Latency histogram ([`latency_bucket`]).
+    pub buckets: [u32; LATENCY_BUCKETS],
+}
+
+/// Settings userspace changes at run time (array map `CONTROL`, one element).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Control {
+    /// Summary epoch answers are counted in now (userspace flips it to read the other one).
+    pub epoch: u32,
+    /// Non-zero while the `SLOW_CLIENTS` map has entries (retry detection for their queries).
+    pub slow_any: u32,
+}
+
+/// Loss history slots per CPU ([`LOSS_SLOT_NS`] each): when any record that could belong to a
+/// flow was lost, the kernel writes the slot's epoch number + 1 there, at once.
+pub const LOSS_SLOTS: usize = 256;
+/// Width of a loss history slot, ns (250 ms: the history covers 64 s).
+pub const LOSS_SLOT_NS: u64 = 250_000_000;
+
+/// Settings fixed at load time (`EbpfLoader::override_global("CONFIG", ...)`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// How long a query may stay open; the kernel leaves entries older than this plus
+    /// [`Config::grace_ns`] / 2 to the sweeper.
+    pub window_ns: u64,
+    /// Margin between the kernel's last touch of an open entry and the sweeper's first.
+    pub grace_ns: u64,
+    /// An answer delivered this long after its query is handed over whole (a slow answer;
+    /// also what lets the daemon link a client's retry to it).
+    pub slow_ns: u64,
+    /// Non-zero: every delivered answer is handed over whole (`--answered flows`).
+    pub answered_flows: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// Limit of the in-kernel DNS table (default; the daemon derives it from its memory budget).
+pub const DNS_TABLE_ENTRIES: u32 = 65_536;
+/// Limit of the answer summary table (two epochs' worth of keys).
+pub const SUMMARY_ENTRIES: u32 = 16_384;
+/// Delivered entries remembered per CPU before the kernel frees them (a drop inside the client
+/// pod right after delivery must still find its entry).
+pub const LINGER_SLOTS: usize = 256;
+
+/// A delivered entry awaiting release (per-CPU ring `LINGER`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Linger {
+    /// Its key.
+    pub key: DnsKey,
+    /// Its `done_ns` (the key may be in use by a newer query by the time it is freed).
+    pub done_ns: u64,
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -208,6 +561,12 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::DnsKey {}
+    unsafe impl aya::Pod for super::DnsEntry {}
+    unsafe impl aya::Pod for super::SummaryKey {}
+    unsafe impl aya::Pod for super::SummaryValue {}
+    unsafe impl aya::Pod for super::Control {}
+    unsafe impl aya::Pod for super::Config {}
 }
 
 const _: () = {
@@ -219,4 +578,40 @@ const _: () = {
     assert!(core::mem::size_of::<PacketEvent>().is_multiple_of(8));
     assert!(core::mem::size_of::<KernelOffsets>() == 48);
     assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowStats>() == 32);
+    assert!(core::mem::size_of::<DnsKey>() == 24);
+    assert!(core::mem::size_of::<DnsHop>() == 16);
+    // 3 timestamps, 16 bytes of small fields, 2 addresses, ports, drop facts (12 + 8),
+    // the hops and the question.
+    assert!(
+        core::mem::size_of::<DnsEntry>()
+            == 24 + 16 + 32 + 4 + 12 + 8 + 16 * DNS_MAX_HOPS + DNS_QUESTION_LEN
+    );
+    assert!(core::mem::size_of::<DnsEntry>().is_multiple_of(8));
+    assert!(core::mem::size_of::<DnsRecord>() == 16 + 24 + 8 + core::mem::size_of::<DnsEntry>());
+    assert!(core::mem::size_of::<SummaryKey>() == 40);
+    assert!(core::mem::size_of::<SummaryValue>() == 16 + 4 * LATENCY_BUCKETS);
+    assert!(core::mem::size_of::<Config>() == 32);
+    assert!(core::mem::size_of::<Linger>() == 32);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_ordered_and_cover_their_bounds() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1023), 0);
+        assert_eq!(latency_bucket(1024), 1);
+        assert_eq!(latency_bucket(1535), 1);
+        assert_eq!(latency_bucket(1536), 2);
+        assert_eq!(latency_bucket(2048), 3);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        for b in 1..LATENCY_BUCKETS - 1 {
+            let lo = latency_bucket_lower(b);
+            assert_eq!(latency_bucket(lo), b, "lower bound of {b}");
+            assert_eq!(latency_bucket(latency_bucket_lower(b + 1) - 1), b);
+        }
+    }
+}

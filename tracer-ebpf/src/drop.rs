@@ -1,10 +1,14 @@
-//! skb:kfree_skb (tp_btf): reports drops of packets of interest (DNS, tracked flows, TCP control).
+//! skb:kfree_skb (tp_btf): drops of packets of interest (DNS, tracked flows, TCP control) in
+//! this node's network namespaces (`SCOPE`: the node's own and its pods'; drops elsewhere, i.e.
+//! on other machines sharing the kernel, are only counted). A drop of a UDP DNS packet whose
+//! query the DNS table tracks goes into that entry, which is then handed over whole; other drops
+//! are reported as packet records.
 //!
 //! Struct offsets come from the running kernel's BTF through the `OFFSETS` global, filled by the
 //! loader; with `OFFSETS.valid == 0` the program reports nothing.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -12,9 +16,13 @@ use tracer_common::{
     DNS_CAPTURE_LEN, EventHeader, KernelOffsets, PacketEvent, counter, flags, hook, kind,
 };
 
-use crate::parse::{
-    ETH_P_IP, ETH_P_IPV6, EVENTS, Extra, FLOWS, IPPROTO_TCP, PacketReader, TCP_ACK, TCP_RST,
-    TCP_SYN, count, fill, parse_ip,
+use crate::{
+    dns::{self, Outcome},
+    maps::{EVENTS, Extra, FLOWS, SCOPE, count, fill, note_loss, now_ns, submit_flags},
+    parse::{
+        ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, PacketReader, TCP_ACK, TCP_RST, TCP_SYN,
+        parse_ip,
+    },
 };
 
 /// Offsets into kernel structs; written by userspace before load (`EbpfLoader::override_global`).
@@ -118,9 +126,21 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
     } else {
         field(net, o.net_inum)?
     };
+    // SAFETY: read-only presence test on a map value.
+    if netns != 0 && unsafe { SCOPE.get(&netns) }.is_none() {
+        count(counter::DROP_OTHER_NODE);
+        return Some(());
+    }
+    if p.l4_proto == IPPROTO_UDP
+        && ev_flags & flags::DNS != 0
+        && dns::on_drop(&l3, &p, ifindex, netns, reason, location) == Outcome::Done
+    {
+        return Some(());
+    }
 
     let Some(mut entry) = EVENTS.reserve::<PacketEvent>(0) else {
         count(counter::DROP_RINGBUF_FULL);
+        note_loss(now_ns());
         return Some(());
     };
     let ev = entry.as_mut_ptr();
@@ -154,8 +174,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
             hook: hook::KFREE_SKB,
             _pad: [0; 2],
             ifindex,
-            // SAFETY: helper without preconditions.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ts_ns: now_ns(),
         },
         netns,
         drop_reason: reason,
@@ -168,7 +187,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
     };
     // SAFETY: `ev` points at a reserved, writable PacketEvent.
     unsafe { fill(ev, &p, &extra) };
-    entry.submit(crate::parse::submit_flags());
+    entry.submit(submit_flags());
     count(counter::DROP_EMITTED);
     Some(())
 }

@@ -1,80 +1,8 @@
-//! Shared maps, counters and header parsing used by the tc and drop programs.
+//! Header parsing shared by the tc and drop programs: IPv4/IPv6 (with extension headers),
+//! UDP, TCP and ICMP, over any [`PacketReader`] (the skb, or kernel memory for drops). Every read
+//! is bounds-checked by the reader; anything unexpected ends parsing with `None`.
 
-use aya_ebpf::{
-    macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
-};
-use tracer_common::{FLOW_TABLE_ENTRIES, FlowKey, FlowStats, RING_BUF_BYTES, counter};
-
-/// All records for userspace.
-#[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
-
-/// Per-CPU counters, indexed by [`tracer_common::counter`].
-#[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
-/// Flows whose first packet was reported; later packets are aggregated here (LRU eviction).
-#[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowStats> =
-    LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
-
-/// "Seen" counters of the tc programs, one cache line per CPU, in .bss: counting every packet
-/// through a per-CPU map costs a helper call (~20 ns measured); a global indexed by the CPU
-/// number costs about 1 ns. Userspace reads the `.bss` map and sums the slots.
-#[unsafe(no_mangle)]
-static mut TC_SEEN_PER_CPU: [u64; tracer_common::SEEN_SLOTS] = [0; tracer_common::SEEN_SLOTS];
-
-/// Counts one packet entering a tc program.
-#[inline(always)]
-pub fn count_seen() {
-    // SAFETY: helper without preconditions.
-    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } as usize;
-    let slot = cpu * tracer_common::SEEN_STRIDE;
-    if slot < tracer_common::SEEN_SLOTS {
-        // SAFETY: in bounds (checked); only this CPU writes its slot, and the program is not
-        // preempted mid-run on this CPU.
-        unsafe {
-            let p = core::ptr::addr_of_mut!(TC_SEEN_PER_CPU)
-                .cast::<u64>()
-                .add(slot);
-            *p += 1;
-        }
-    } else {
-        count(counter::TC_SEEN);
-    }
-}
-
-/// Unread bytes in the ring buffer above which a submit wakes the reader. Below it records
-/// are submitted without a wakeup and the reader drains on its own timer (every few ms): one
-/// wakeup per batch instead of one per packet.
-pub const WAKEUP_BYTES: u64 = 64 * 1024;
-
-/// Submit flags for a record (already reserved, so counted in the unread data): wake the reader
-/// only once a batch has accumulated.
-#[inline(always)]
-pub fn submit_flags() -> u64 {
-    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-    // Wake only when this record takes the unread data across the threshold: one wakeup per
-    // batch. A reader that is behind is not woken again and again (each wakeup costs µs);
-    // it drains on its timer.
-    let avail = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    let rec = core::mem::size_of::<tracer_common::PacketEvent>() as u64 + 8;
-    if avail >= WAKEUP_BYTES && avail < WAKEUP_BYTES + rec {
-        u64::from(BPF_RB_FORCE_WAKEUP)
-    } else {
-        u64::from(BPF_RB_NO_WAKEUP)
-    }
-}
-
-/// Adds one to counter `idx` on this CPU.
-#[inline(always)]
-pub fn count(idx: u32) {
-    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-        unsafe { *p += 1 };
-    }
-}
+use tracer_common::FlowKey;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
@@ -137,47 +65,6 @@ impl Parsed {
             l4_proto: self.l4_proto,
             _pad: [0; 3],
         }
-    }
-}
-
-/// Fields of a record besides the packet's own (the tc or drop context adds them).
-pub struct Extra {
-    pub header: tracer_common::EventHeader,
-    pub netns: u32,
-    pub drop_reason: u32,
-    pub location: u64,
-    pub pkt_len: u32,
-    pub flags: u8,
-    pub vlan: u16,
-    pub dns_len: u32,
-    pub icmp_inner: u16,
-}
-
-/// Writes every field of a reserved record except the `dns` bytes (copied by the caller).
-///
-/// # Safety
-/// `ev` must point at a reserved, writable `PacketEvent`.
-#[inline(always)]
-pub unsafe fn fill(ev: *mut tracer_common::PacketEvent, p: &Parsed, x: &Extra) {
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        (*ev).header = x.header;
-        (*ev).netns = x.netns;
-        (*ev).drop_reason = x.drop_reason;
-        (*ev).location = x.location;
-        (*ev).saddr = p.saddr;
-        (*ev).daddr = p.daddr;
-        (*ev).pkt_len = x.pkt_len;
-        (*ev).sport = p.sport;
-        (*ev).dport = p.dport;
-        (*ev).ip_version = p.ip_version;
-        (*ev).l4_proto = p.l4_proto;
-        (*ev).tcp_flags = p.tcp_flags;
-        (*ev).flags = x.flags;
-        (*ev).vlan = x.vlan;
-        (*ev).dns_len = x.dns_len as u16;
-        (*ev).icmp_inner = x.icmp_inner;
-        (*ev)._pad = [0; 6];
     }
 }
 

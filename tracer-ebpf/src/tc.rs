@@ -1,26 +1,38 @@
-//! tc classifiers. Each attachment role is its own entry point so the role costs nothing per
-//! packet: `tc_in`/`tc_out` report DNS, TCP control packets and ICMP errors; the `_track`
-//! variants (pod veths toward the node, uplinks toward the VPC) also report the first UDP packet
-//! of each tuple and aggregate the rest in `FLOWS`. Every program returns `TC_ACT_UNSPEC`
-//! (`TCX_NEXT` under tcx): the tracer observes and never decides a packet's fate, so the programs
-//! and filters after it (network-policy agents, Cilium, Calico) still run. `TC_ACT_OK` would be
-//! `TCX_PASS` and end tc processing, switching their policy off.
+//! tc classifiers, one entry point per interface role and direction so the role costs nothing
+//! per packet: pod veths (`tc_pod_in`: from the pod, `tc_pod_out`: toward it), uplinks, trunk
+//! and branch ENIs (`tc_uplink_in`, `tc_uplink_out`) and other interfaces (`tc_other_in`,
+//! `tc_other_out`).
+//!
+//! * UDP DNS goes through the kernel's DNS table (`dns.rs`): healthy queries never reach
+//!   userspace one packet at a time.
+//! * DNS over TCP, TCP control segments (SYN, SYN-ACK, RST), ICMP errors that no tracked query
+//!   claims, and the first UDP packet of each pod egress tuple (from a pod, leaving through an
+//!   uplink) and its first reply (into the node through an uplink, toward the pod) are reported
+//!   one by one; later packets of a tracked tuple are aggregated in `FLOWS`.
+//!
+//! Every program returns `TC_ACT_UNSPEC` (`TCX_NEXT` under tcx): the tracer observes and never
+//! decides a packet's fate, so the programs and filters after it (network-policy agents, Cilium,
+//! Calico) still run. `TC_ACT_OK` would be `TCX_PASS` and end tc processing, switching their
+//! policy off.
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
+    helpers::generated::bpf_skb_load_bytes,
     macros::classifier,
     programs::TcContext,
 };
 use tracer_common::{
-    DNS_CAPTURE_LEN, EventHeader, FlowStats, PacketEvent, counter, flags, hook, kind,
+    DNS_CAPTURE_LEN, EventHeader, FlowStats, PacketEvent, counter, flags, flow_flags, hook, kind,
 };
 
-use crate::parse::{
-    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EVENTS, Extra, FLOWS, IPPROTO_TCP, IPPROTO_UDP,
-    PacketReader, Parsed, TCP_ACK, TCP_RST, TCP_SYN, be16, count, count_seen, fill,
-    is_icmp_unreachable, parse_ip,
+use crate::{
+    dns::{self, At, Outcome, Role},
+    maps::{EVENTS, Extra, FLOWS, count, count_seen, fill, note_loss, now_ns, submit_flags},
+    parse::{
+        ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, PacketReader, Parsed,
+        TCP_ACK, TCP_RST, TCP_SYN, be16, is_icmp_unreachable, parse_ip,
+    },
 };
 
 const ETH_HLEN: u32 = 14;
@@ -31,31 +43,45 @@ pub fn tc_empty(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Ingress of any observed interface.
+/// Pod veth ingress: packets from the pod.
 #[classifier]
-pub fn tc_in(ctx: TcContext) -> i32 {
-    observe(&ctx, hook::TC_INGRESS, false);
+pub fn tc_pod_in(ctx: TcContext) -> i32 {
+    observe(&ctx, hook::TC_INGRESS, Role::Pod);
     TC_ACT_UNSPEC
 }
 
-/// Egress of any observed interface.
+/// Pod veth egress: packets toward the pod.
 #[classifier]
-pub fn tc_out(ctx: TcContext) -> i32 {
-    observe(&ctx, hook::TC_EGRESS, false);
+pub fn tc_pod_out(ctx: TcContext) -> i32 {
+    observe(&ctx, hook::TC_EGRESS, Role::Pod);
     TC_ACT_UNSPEC
 }
 
-/// Ingress with UDP first-packet tracking (pod veths: packets coming from the pod).
+/// Uplink, trunk or branch ENI ingress: packets from other machines.
 #[classifier]
-pub fn tc_in_track(ctx: TcContext) -> i32 {
-    observe(&ctx, hook::TC_INGRESS, true);
+pub fn tc_uplink_in(ctx: TcContext) -> i32 {
+    observe(&ctx, hook::TC_INGRESS, Role::Uplink);
     TC_ACT_UNSPEC
 }
 
-/// Egress with UDP first-packet tracking (uplinks: packets leaving the node).
+/// Uplink, trunk or branch ENI egress: packets leaving the node.
 #[classifier]
-pub fn tc_out_track(ctx: TcContext) -> i32 {
-    observe(&ctx, hook::TC_EGRESS, true);
+pub fn tc_uplink_out(ctx: TcContext) -> i32 {
+    observe(&ctx, hook::TC_EGRESS, Role::Uplink);
+    TC_ACT_UNSPEC
+}
+
+/// Ingress of any other interface.
+#[classifier]
+pub fn tc_other_in(ctx: TcContext) -> i32 {
+    observe(&ctx, hook::TC_INGRESS, Role::Other);
+    TC_ACT_UNSPEC
+}
+
+/// Egress of any other interface.
+#[classifier]
+pub fn tc_other_out(ctx: TcContext) -> i32 {
+    observe(&ctx, hook::TC_EGRESS, Role::Other);
     TC_ACT_UNSPEC
 }
 
@@ -85,7 +111,7 @@ impl PacketReader for Skb<'_> {
 }
 
 #[inline(always)]
-fn observe(ctx: &TcContext, hook: u8, track_udp: bool) {
+fn observe(ctx: &TcContext, at_hook: u8, role: Role) {
     count_seen();
     let skb = Skb(ctx);
     // SAFETY: the context pointer is valid for the duration of the program.
@@ -116,10 +142,20 @@ fn observe(ctx: &TcContext, hook: u8, track_udp: bool) {
     let Some(p) = parse_ip(&skb, l3, ethertype) else {
         return;
     };
+    let at = At {
+        ifindex: sk.ifindex,
+        hook: at_hook,
+        role,
+        vlan,
+    };
 
     if p.is_dns() {
         ev_flags |= flags::DNS;
-        if p.l4_proto == IPPROTO_TCP {
+        if p.l4_proto == IPPROTO_UDP {
+            if dns::on_tc(ctx, &skb, &p, at, l3 + p.ip_len) == Outcome::Done {
+                return;
+            }
+        } else {
             // DNS over TCP: report segments with payload and control segments, not bare ACKs.
             let has_payload = l3 + p.ip_len > p.payload_off;
             if !has_payload && p.tcp_flags & (TCP_SYN | TCP_RST) == 0 {
@@ -128,7 +164,7 @@ fn observe(ctx: &TcContext, hook: u8, track_udp: bool) {
         }
     } else if is_icmp_unreachable(&p) {
         ev_flags |= flags::ICMP_ERROR;
-        emit_icmp(ctx, &skb, hook, &p, vlan, ev_flags);
+        emit_icmp(ctx, &skb, at, &p, vlan, ev_flags);
         return;
     } else if p.l4_proto == IPPROTO_TCP {
         let f = p.tcp_flags;
@@ -138,45 +174,85 @@ fn observe(ctx: &TcContext, hook: u8, track_udp: bool) {
             return;
         }
         ev_flags |= flags::FLOW;
-    } else if p.l4_proto == IPPROTO_UDP && track_udp {
+    } else if p.l4_proto == IPPROTO_UDP {
+        if !udp_first(&p, at) {
+            return;
+        }
+        ev_flags |= flags::FLOW;
+    } else {
+        return;
+    }
+    emit(ctx, at, &p, l3, vlan, ev_flags);
+}
+
+/// Pod egress UDP: true for the packets worth a record — the first packet of a tuple from a pod
+/// (pod veth ingress) or leaving the node (uplink egress), and the first reply of a tracked tuple
+/// toward the pod (pod veth egress) or into the node (uplink ingress). The rest is aggregated.
+#[inline(always)]
+fn udp_first(p: &Parsed, at: At) -> bool {
+    let request = match (at.role, at.hook) {
+        (Role::Pod, hook::TC_INGRESS) | (Role::Uplink, hook::TC_EGRESS) => true,
+        (Role::Pod, hook::TC_EGRESS) | (Role::Uplink, hook::TC_INGRESS) => false,
+        _ => return false,
+    };
+    let now = now_ns();
+    if request {
         let key = p.flow_key();
         if let Some(stats) = FLOWS.get_ptr_mut(&key) {
             // SAFETY: map value pointer valid during the program; racing updates only lose counts.
             unsafe {
                 (*stats).packets += 1;
                 (*stats).bytes += u64::from(p.ip_len);
-                (*stats).last_ns = bpf_ktime_get_ns();
+                (*stats).last_ns = now;
             }
             count(counter::FLOW_AGGREGATED);
-            return;
+            return false;
         }
         let stats = FlowStats {
             packets: 0,
             bytes: 0,
-            // SAFETY: helper without preconditions.
-            last_ns: unsafe { bpf_ktime_get_ns() },
+            last_ns: now,
+            flags: 0,
+            _pad: 0,
         };
         if FLOWS.insert(&key, &stats, 0).is_err() {
             count(counter::FLOW_TABLE_FULL);
+            note_loss(now);
         }
-        ev_flags |= flags::FLOW;
-    } else {
-        return;
+        return true;
     }
-    emit(ctx, hook, &p, l3, vlan, ev_flags);
+    let Some(stats) = FLOWS.get_ptr_mut(&p.reverse_flow_key()) else {
+        return false;
+    };
+    let bit = if at.role == Role::Pod {
+        flow_flags::REPLY_AT_POD
+    } else {
+        flow_flags::REPLY_AT_UPLINK
+    };
+    // SAFETY: map value pointer valid during the program; a racing reply may be reported twice,
+    // which the daemon counts as a duplicate.
+    unsafe {
+        (*stats).last_ns = now;
+        if (*stats).flags & bit != 0 {
+            count(counter::FLOW_AGGREGATED);
+            return false;
+        }
+        (*stats).flags |= bit;
+    }
+    true
 }
 
+/// The record header. `at` carries the interface index read at the program's start: the
+/// context may not be read again through a pointer the compiler computed earlier (the verifier
+/// refuses a modified context pointer).
 #[inline(always)]
-fn header(ctx: &TcContext, hook: u8) -> EventHeader {
-    // SAFETY: the context pointer is valid for the duration of the program.
-    let ifindex = unsafe { (*raw(ctx)).ifindex };
+fn header(at: At) -> EventHeader {
     EventHeader {
         kind: kind::PACKET,
-        hook,
+        hook: at.hook,
         _pad: [0; 2],
-        ifindex,
-        // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ifindex: at.ifindex,
+        ts_ns: now_ns(),
     }
 }
 
@@ -210,20 +286,20 @@ impl DnsSpan {
 }
 
 #[inline(always)]
-fn emit(ctx: &TcContext, hook: u8, p: &Parsed, l3: u32, vlan: u16, ev_flags: u8) {
+fn emit(ctx: &TcContext, at: At, p: &Parsed, l3: u32, vlan: u16, ev_flags: u8) {
     let dns = if ev_flags & flags::DNS != 0 {
         DnsSpan::of(p, l3 + p.ip_len)
     } else {
         DnsSpan::NONE
     };
-    write_event(ctx, hook, p, p.ip_len, vlan, ev_flags, dns, 0);
+    write_event(ctx, at, p, p.ip_len, vlan, ev_flags, dns, 0);
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn write_event(
     ctx: &TcContext,
-    hook: u8,
+    at: At,
     p: &Parsed,
     pkt_len: u32,
     vlan: u16,
@@ -233,6 +309,7 @@ fn write_event(
 ) {
     let Some(mut entry) = EVENTS.reserve::<PacketEvent>(0) else {
         count(counter::TC_RINGBUF_FULL);
+        note_loss(now_ns());
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -258,7 +335,7 @@ fn write_event(
         }
     }
     let extra = Extra {
-        header: header(ctx, hook),
+        header: header(at),
         netns: 0,
         drop_reason: 0,
         location: 0,
@@ -271,21 +348,15 @@ fn write_event(
     // SAFETY: `ev` points at a reserved, writable PacketEvent; the tail of `dns` past
     // `dns_len` is left as is (userspace does not read it).
     unsafe { fill(ev, p, &extra) };
-    entry.submit(crate::parse::submit_flags());
+    entry.submit(submit_flags());
     count(counter::TC_EMITTED);
 }
 
 /// Reports an ICMP destination-unreachable with the quoted packet's tuple (and the quoted DNS
 /// header when there is one), so a "port unreachable" for a DNS query joins that query's flow.
+/// An error quoting a query the DNS table tracks goes into its entry instead.
 #[inline(always)]
-fn emit_icmp(
-    ctx: &TcContext,
-    skb: &Skb<'_>,
-    hook: u8,
-    outer: &Parsed,
-    vlan: u16,
-    mut ev_flags: u8,
-) {
+fn emit_icmp(ctx: &TcContext, skb: &Skb<'_>, at: At, outer: &Parsed, vlan: u16, mut ev_flags: u8) {
     let inner_ethertype = if outer.ip_version == 4 {
         ETH_P_IP
     } else {
@@ -294,6 +365,15 @@ fn emit_icmp(
     let Some(mut quoted) = parse_ip(skb, outer.payload_off, inner_ethertype) else {
         return;
     };
+    // ICMP type in the outer tcp_flags slot, code in its sport slot (see parse_ip).
+    let icmp = (u16::from(outer.tcp_flags) << 8) | (outer.sport & 0xff);
+    if quoted.is_dns()
+        && quoted.l4_proto == IPPROTO_UDP
+        && quoted.dport == crate::parse::DNS_PORT
+        && dns::on_icmp(skb, &quoted, at, icmp, outer.l4_proto) == Outcome::Done
+    {
+        return;
+    }
     let mut dns = DnsSpan::NONE;
     if quoted.is_dns() {
         ev_flags |= flags::DNS;
@@ -304,7 +384,7 @@ fn emit_icmp(
     quoted.tcp_flags = outer.tcp_flags;
     write_event(
         ctx,
-        hook,
+        at,
         &quoted,
         outer.ip_len,
         vlan,

@@ -111,6 +111,22 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
     pub lab_metadata: Option<PathBuf>,
 
+    /// What healthy DNS answers produce: one summary line per client, replica, query type and
+    /// response code per --summary-interval (default), one verdict line per query (`flows`,
+    /// costly at high rates), or nothing but metrics (`off`). Every other verdict is always one
+    /// line per query or connection.
+    #[arg(long, value_enum, default_value_t = crate::daemon::pipeline::AnsweredMode::Summary)]
+    pub answered: crate::daemon::pipeline::AnsweredMode,
+
+    /// Interval of the answer summaries (at most 10s; flushed on exit too).
+    #[arg(long, default_value = "10s", value_parser = parse_summary_interval)]
+    pub summary_interval: Duration,
+
+    /// Memory budget the table sizes are derived from (e.g. 256Mi). Default: the container's
+    /// memory limit (cgroup), else 256Mi.
+    #[arg(long, value_name = "SIZE", value_parser = crate::daemon::budget::parse_size)]
+    pub memory_budget: Option<u64>,
+
     /// Interval between counter log lines on stderr.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub stats_interval: Duration,
@@ -136,6 +152,15 @@ pub struct RunArgs {
     /// `tracer observe` still shows them.
     #[arg(long, value_enum, value_name = "MODE")]
     pub redact_qname: Option<crate::sinks::ocsf::RedactMode>,
+}
+
+/// A summary interval: a duration of at most 10 s.
+fn parse_summary_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > Duration::from_secs(10) || d < Duration::from_millis(100) {
+        return Err(format!("summary interval {s:?} out of range [100ms, 10s]"));
+    }
+    Ok(d)
 }
 
 /// Parses `1500ms`, `5s`, `2m` or a bare number of seconds.

@@ -48,13 +48,11 @@ pub struct AttachManager {
 /// The programs for each role: (ingress, egress).
 fn programs_for(kind: IfaceKind) -> (TcProgram, TcProgram) {
     match kind {
-        // From the pod (ingress) we track first UDP packets; toward the pod, replies only.
-        IfaceKind::PodVeth => (TcProgram::InTrack, TcProgram::Out),
-        // Leaving the node (egress) we track first UDP packets after SNAT.
+        IfaceKind::PodVeth => (TcProgram::PodIn, TcProgram::PodOut),
         IfaceKind::Uplink | IfaceKind::Trunk | IfaceKind::BranchEni => {
-            (TcProgram::In, TcProgram::OutTrack)
+            (TcProgram::UplinkIn, TcProgram::UplinkOut)
         }
-        IfaceKind::Loopback | IfaceKind::Other => (TcProgram::In, TcProgram::Out),
+        IfaceKind::Loopback | IfaceKind::Other => (TcProgram::OtherIn, TcProgram::OtherOut),
     }
 }
 

@@ -4,13 +4,16 @@
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, SchedClassifier, TcAttachType,
         tc::{SchedClassifierLinkId, TcAttach},
     },
 };
-use tracer_common::{KernelOffsets, SEEN_SLOTS, counter};
+use tracer_common::{
+    Config, Control, DnsEntry, DnsKey, KernelOffsets, LOSS_SLOTS, SEEN_SLOTS, SummaryKey,
+    SummaryValue, counter,
+};
 
 /// Object file of the kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -47,41 +50,98 @@ pub enum CaptureError {
     Btf(#[from] aya::BtfError),
 }
 
-/// Which tc program an attachment uses (see tracer-ebpf's tc.rs).
+/// Which tc program an attachment uses (see tracer-ebpf's tc.rs): one per interface role and
+/// direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TcProgram {
-    /// DNS, TCP control packets and ICMP errors, ingress.
-    In,
-    /// Same, egress.
-    Out,
-    /// Ingress plus first-UDP-packet tracking (pod veths).
-    InTrack,
-    /// Egress plus first-UDP-packet tracking (uplinks).
-    OutTrack,
+    /// Pod veth ingress (packets from the pod).
+    PodIn,
+    /// Pod veth egress (packets toward the pod).
+    PodOut,
+    /// Uplink, trunk or branch ENI ingress.
+    UplinkIn,
+    /// Uplink, trunk or branch ENI egress.
+    UplinkOut,
+    /// Any other interface, ingress.
+    OtherIn,
+    /// Any other interface, egress.
+    OtherOut,
     /// The empty baseline program (benchmarks).
     Empty,
 }
 
 impl TcProgram {
     /// All programs, loaded at start-up.
-    pub const ALL: [Self; 5] = [
-        Self::In,
-        Self::Out,
-        Self::InTrack,
-        Self::OutTrack,
+    pub const ALL: [Self; 7] = [
+        Self::PodIn,
+        Self::PodOut,
+        Self::UplinkIn,
+        Self::UplinkOut,
+        Self::OtherIn,
+        Self::OtherOut,
         Self::Empty,
     ];
 
-    /// Symbol name in the object.
+    /// Symbol name in the object (also the program name the kernel shows, which is how a
+    /// filter left behind by a killed tracer is recognised).
     pub const fn name(self) -> &'static str {
         match self {
-            Self::In => "tc_in",
-            Self::Out => "tc_out",
-            Self::InTrack => "tc_in_track",
-            Self::OutTrack => "tc_out_track",
+            Self::PodIn => "tc_pod_in",
+            Self::PodOut => "tc_pod_out",
+            Self::UplinkIn => "tc_uplink_in",
+            Self::UplinkOut => "tc_uplink_out",
+            Self::OtherIn => "tc_other_in",
+            Self::OtherOut => "tc_other_out",
             Self::Empty => "tc_empty",
         }
     }
+}
+
+/// Sizes and settings the kernel programs are loaded with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadConfig {
+    /// Struct offsets for the drop program (from the kernel's BTF); without them it reports
+    /// nothing.
+    pub offsets: Option<KernelOffsets>,
+    /// Settings of the DNS table (window, grace, slow answers, `--answered flows`).
+    pub dns: Config,
+    /// Entries of the DNS table.
+    pub dns_entries: u32,
+    /// Entries of the answer summaries.
+    pub summary_entries: u32,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            offsets: None,
+            dns: Config {
+                window_ns: 5_000_000_000,
+                grace_ns: 1_000_000_000,
+                slow_ns: 500_000_000,
+                answered_flows: 0,
+                _pad: 0,
+            },
+            dns_entries: tracer_common::DNS_TABLE_ENTRIES,
+            summary_entries: tracer_common::SUMMARY_ENTRIES,
+        }
+    }
+}
+
+/// The maps the daemon reads and writes while running (taken from the object once).
+pub struct Tables {
+    /// The DNS table (open and recently delivered queries).
+    pub dns: HashMap<MapData, DnsKey, DnsEntry>,
+    /// Answer summaries.
+    pub summary: HashMap<MapData, SummaryKey, SummaryValue>,
+    /// Loss history per CPU.
+    pub loss: PerCpuArray<MapData, [u64; LOSS_SLOTS]>,
+    /// Run-time settings (summary epoch, slow clients present).
+    pub control: Array<MapData, Control>,
+    /// Clients with a slow query open, until when.
+    pub slow_clients: HashMap<MapData, [u8; 16], u64>,
+    /// This node's network namespaces.
+    pub scope: HashMap<MapData, u32, u8>,
 }
 
 /// Loaded kernel programs and maps.
@@ -126,22 +186,40 @@ pub struct Counters {
     pub flow_table_full: u64,
     /// Packets of known flows aggregated in the kernel.
     pub flow_aggregated: u64,
+    /// UDP DNS queries tracked in the kernel's DNS table.
+    pub dns_tracked: u64,
+    /// Queries the full DNS table could not take.
+    pub dns_table_full: u64,
+    /// Answers counted in the kernel's summaries.
+    pub dns_summarized: u64,
+    /// DNS records (queries handed over whole) emitted.
+    pub dns_records: u64,
+    /// DNS records the full ring could not take (their entries wait for the sweeper).
+    pub dns_ringbuf_full: u64,
+    /// Responses that matched no open query.
+    pub dns_orphan: u64,
+    /// Responses after the window (or repeated after delivery).
+    pub dns_late: u64,
+    /// Answers the full summary table could not take (handed over whole instead).
+    pub summary_full: u64,
+    /// Drops on other machines sharing the kernel (not reported).
+    pub drops_other_node: u64,
+    /// Delivered entries freed after lingering.
+    pub dns_linger_freed: u64,
+    /// New queries that could not replace an expired entry.
+    pub dns_key_busy: u64,
 }
 
-impl Counters {
-    /// Records the kernel could not hand over (ring buffer full).
-    pub fn lost(&self) -> u64 {
-        self.tc_ringbuf_full + self.drop_ringbuf_full
-    }
-}
 
 impl Capture {
-    /// Loads the object and every tc program. With `offsets` (from the kernel's BTF) the drop
-    /// program is told where to find skb fields; without, it reports nothing.
-    pub fn load(offsets: Option<KernelOffsets>) -> Result<Self, CaptureError> {
-        let offsets = offsets.unwrap_or_default();
+    /// Loads the object and every tc program with `cfg`.
+    pub fn load(cfg: &LoadConfig) -> Result<Self, CaptureError> {
+        let offsets = cfg.offsets.unwrap_or_default();
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
+            .override_global("CONFIG", &cfg.dns, true)
+            .map_max_entries("DNS_TABLE", cfg.dns_entries.max(1))
+            .map_max_entries("SUMMARY", cfg.summary_entries.max(1))
             .load(EBPF_OBJECT)?;
         for prog in TcProgram::ALL {
             let name = prog.name();
@@ -240,6 +318,23 @@ impl Capture {
         }
     }
 
+    /// Takes the maps the daemon works with (once).
+    pub fn take_tables(&mut self) -> Result<Tables, CaptureError> {
+        fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
+            ebpf.take_map(name).ok_or(CaptureError::Missing(name))
+        }
+        let wrap = |name: &'static str| move |source| CaptureError::Map { name, source };
+        Ok(Tables {
+            dns: HashMap::try_from(take(&mut self.ebpf, "DNS_TABLE")?).map_err(wrap("DNS_TABLE"))?,
+            summary: HashMap::try_from(take(&mut self.ebpf, "SUMMARY")?).map_err(wrap("SUMMARY"))?,
+            loss: PerCpuArray::try_from(take(&mut self.ebpf, "LOSS")?).map_err(wrap("LOSS"))?,
+            control: Array::try_from(take(&mut self.ebpf, "CONTROL")?).map_err(wrap("CONTROL"))?,
+            slow_clients: HashMap::try_from(take(&mut self.ebpf, "SLOW_CLIENTS")?)
+                .map_err(wrap("SLOW_CLIENTS"))?,
+            scope: HashMap::try_from(take(&mut self.ebpf, "SCOPE")?).map_err(wrap("SCOPE"))?,
+        })
+    }
+
     /// Takes the ring buffer (once).
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
         let map = self
@@ -286,6 +381,17 @@ impl Capture {
             drop_read_error: get(counter::DROP_READ_ERROR),
             flow_table_full: get(counter::FLOW_TABLE_FULL),
             flow_aggregated: get(counter::FLOW_AGGREGATED),
+            dns_tracked: get(counter::DNS_TRACKED),
+            dns_table_full: get(counter::DNS_TABLE_FULL),
+            dns_summarized: get(counter::DNS_SUMMARIZED),
+            dns_records: get(counter::DNS_RECORDS),
+            dns_ringbuf_full: get(counter::DNS_RINGBUF_FULL),
+            dns_orphan: get(counter::DNS_ORPHAN),
+            dns_late: get(counter::DNS_LATE),
+            summary_full: get(counter::SUMMARY_FULL),
+            drops_other_node: get(counter::DROP_OTHER_NODE),
+            dns_linger_freed: get(counter::DNS_LINGER_FREED),
+            dns_key_busy: get(counter::DNS_KEY_BUSY),
         })
     }
 
@@ -300,3 +406,134 @@ impl Capture {
 fn tcx_available() -> bool {
     aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
 }
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a hash map (atomic on Linux ≥ 5.14): the value that was
+/// removed, `None` when the key was absent. aya offers it only for queues and stacks.
+pub fn take_entry<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    key: &K,
+) -> std::io::Result<Option<V>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use aya::maps::IterableMap as _;
+    /// The `bpf_attr` layout of the map element commands.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let attr = ElemAttr {
+        map_fd: u32::try_from(map.map().fd().as_fd().as_raw_fd()).unwrap_or(u32::MAX),
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at a key and a value buffer of the map's sizes (K and V are the
+    // map's Pod types), both alive for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if ret == 0 {
+        // SAFETY: the kernel wrote a whole value (V is Pod: any bytes are a valid V).
+        return Ok(Some(unsafe { value.assume_init() }));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENOENT) {
+        Ok(None)
+    } else {
+        Err(err)
+    }
+}
+
+/// Every entry of a hash map, read with `BPF_MAP_LOOKUP_BATCH` (one system call per
+/// [`BATCH`] entries; aya offers only one lookup per entry). At most `limit` entries.
+pub fn read_all<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    limit: usize,
+) -> std::io::Result<Vec<(K, V)>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use aya::maps::IterableMap as _;
+    /// The `bpf_attr` layout of the batch commands.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let fd = u32::try_from(map.map().fd().as_fd().as_raw_fd()).unwrap_or(u32::MAX);
+    let mut out = Vec::new();
+    let mut keys: Vec<K> = Vec::with_capacity(BATCH);
+    let mut values: Vec<V> = Vec::with_capacity(BATCH);
+    // The hash map's batch token is a bucket number (u32); a u64 leaves room.
+    let mut token_in: u64 = 0;
+    let mut token_out: u64 = 0;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::from_mut(&mut token_in) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: the key and value buffers have room for BATCH elements of the map's sizes
+        // (K and V are its Pod types); the tokens are 8 bytes; all outlive the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (ret != 0).then(std::io::Error::last_os_error);
+        let n = (attr.count as usize).min(BATCH);
+        // SAFETY: the kernel wrote `n` whole keys and values (any bytes are valid Pod values).
+        unsafe {
+            keys.set_len(n);
+            values.set_len(n);
+        }
+        out.extend(keys.drain(..).zip(values.drain(..)));
+        match err {
+            None => {}
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Some(e) => return Err(e),
+        }
+        if out.len() >= limit {
+            out.truncate(limit);
+            break;
+        }
+        token_in = token_out;
+        first = false;
+    }
+    Ok(out)
+}
+
+/// Entries per `BPF_MAP_LOOKUP_BATCH` call (a hash bucket holding more than this makes the
+/// kernel answer ENOSPC; buckets hold a handful).
+pub const BATCH: usize = 512;

@@ -5,8 +5,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub mod dns;
 pub mod event;
+pub mod record;
 
 use tracer_common::{PacketEvent as RawEvent, flags, hook, kind};
+
+#[cfg(test)]
+pub use crate::capture::kernel::NoSymbols;
+pub use crate::capture::kernel::Symbols;
 
 use crate::{
     capture::iface::IfaceTable,
@@ -38,26 +43,39 @@ pub enum DecodeError {
     /// Unsupported L4 protocol.
     #[error("unsupported L4 protocol {0}")]
     Proto(u8),
+    /// A DNS table record with an unknown reason code.
+    #[error("unknown DNS record reason {0}")]
+    DnsWhy(u8),
 }
 
-/// Names for kernel values: drop reasons and code locations.
-pub trait Symbols {
-    /// Drop reason name (`NETFILTER_DROP`), `UNKNOWN(n)` when unknown.
-    fn reason(&self, value: u32) -> String;
-    /// Symbolized kernel address (`nft_do_chain+0x1a4`), or hex.
-    fn location(&self, addr: u64) -> String;
+/// One ring-buffer record, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    /// A packet seen at a tc hook or freed as a drop.
+    Packet(PacketEvent),
+    /// A DNS query handed over whole by the kernel's DNS table.
+    Dns(record::DnsFlowRecord),
 }
 
-/// Symbols when nothing could be loaded: numbers only.
-pub struct NoSymbols;
-
-impl Symbols for NoSymbols {
-    fn reason(&self, value: u32) -> String {
-        format!("UNKNOWN({value})")
+/// Decodes one ring-buffer record of any kind.
+pub fn decode_record(
+    bytes: &[u8],
+    ifaces: &IfaceTable,
+    own_netns: u32,
+    symbols: &dyn Symbols,
+) -> Result<Record, DecodeError> {
+    let Some(&k) = bytes.first() else {
+        return Err(DecodeError::Short {
+            got: 0,
+            want: std::mem::size_of::<tracer_common::EventHeader>(),
+        });
+    };
+    if k == kind::DNS {
+        let raw = record::read_dns_record(bytes)?;
+        return record::decode_dns(&raw, ifaces, own_netns, symbols).map(Record::Dns);
     }
-    fn location(&self, addr: u64) -> String {
-        format!("{addr:#x}")
-    }
+    let raw = read_record(bytes)?;
+    decode(&raw, ifaces, own_netns, symbols).map(Record::Packet)
 }
 
 /// Copies a record out of ring-buffer bytes, checking its length.
@@ -105,7 +123,7 @@ pub fn tcp_flags_text(f: u8) -> String {
 }
 
 /// Name of an ICMP destination-unreachable code (v4 type 3 or v6 type 1).
-fn icmp_text(v6: bool, code: u8) -> String {
+pub(crate) fn icmp_text(v6: bool, code: u8) -> String {
     let name = match (v6, code) {
         (false, 0) | (true, 0) => "net_unreachable",
         (false, 1) | (true, 3) => "host_unreachable",

@@ -239,6 +239,11 @@ impl MetaCache {
             .get(&self.shared.dns_service)
     }
 
+    /// `namespace/name` of the kube-dns Service this cache follows.
+    pub fn dns_service_name(&self) -> Option<String> {
+        Some(self.shared.dns_service.to_string())
+    }
+
     /// The CoreDNS replicas (pods selected by the kube-dns Service), sorted by namespace/name.
     pub fn dns_replicas(&self) -> Vec<Arc<PodMeta>> {
         read(&self.shared.index).dns_pods.sorted()

@@ -1,12 +1,17 @@
-//! Enrichment of verdicts with Kubernetes names: client pod, server pod (the CoreDNS replica),
-//! the Service it was reached through, nodes, and the branch ENI of pods with security groups.
-//! Every verdict says how current the names are (`enrichment`: ready, static, syncing, stale,
-//! disabled), so a SIEM can tell "no name" from "names unknown because the API was down".
+//! The one place a verdict (or summary) is finished before the sinks: wall-clock time,
+//! Kubernetes names (client pod, server pod — the CoreDNS replica —, the Service it was reached
+//! through, nodes, the branch ENI of pods with security groups) and, last, the hint, rendered
+//! once from the final fields. Every line says how current the names are (`enrichment`: ready,
+//! static, syncing, stale, disabled), so a SIEM can tell "no name" from "names unknown because
+//! the API was down". Nothing edits a line after this.
 
 use crate::{
     decode::event::IfaceKind,
     enrich::{MetaCache, PodMeta as KubePod},
-    verdict::{PodMeta, Verdict},
+    verdict::{
+        PodMeta, Verdict,
+        summary::{Summary, SummaryEndpoint},
+    },
 };
 
 fn names(p: &KubePod) -> PodMeta {
@@ -21,8 +26,16 @@ fn names(p: &KubePod) -> PodMeta {
     }
 }
 
+/// Finishes `v`: its wall-clock time (`wall` converts the kernel's monotonic ns), Kubernetes
+/// names from the cache (empty where unknown) and the hint.
+pub fn finalize(v: &mut Verdict, meta: &MetaCache, wall: &dyn Fn(u64) -> Option<String>) {
+    v.time = wall(v.start_ns);
+    annotate(v, meta);
+    v.refresh_hint();
+}
+
 /// Fills the Kubernetes fields of `v` from the cache; leaves them empty where unknown.
-pub fn annotate(v: &mut Verdict, meta: &MetaCache) {
+fn annotate(v: &mut Verdict, meta: &MetaCache) {
     let state = meta.state();
     v.enrichment = Some(state.as_str().to_owned());
     if !matches!(state, crate::enrich::CacheState::Disabled) {
@@ -54,5 +67,31 @@ pub fn annotate(v: &mut Verdict, meta: &MetaCache) {
             e.vlan = e.vlan.or(Some(b.vlan_id));
         }
     }
-    v.refresh_hint();
+}
+
+fn endpoint(e: &mut SummaryEndpoint, meta: &MetaCache, server: bool) {
+    if let Some(p) = meta
+        .pod_by_ip(e.ip)
+        .or_else(|| server.then(|| meta.dns_replica_by_ip(e.ip)).flatten())
+    {
+        e.meta = names(&p);
+        if server && meta.dns_replica_by_ip(e.ip).is_some() {
+            e.service = meta.dns_service_name();
+        }
+    } else if let Some(node) = meta.node_by_ip(e.ip) {
+        e.meta.node = Some(node);
+    }
+}
+
+/// Finishes a summary line: interval times, names, hint.
+pub fn finalize_summary(s: &mut Summary, meta: &MetaCache, wall: &dyn Fn(u64) -> Option<String>) {
+    s.time = wall(s.start_ns);
+    s.end_time = wall(s.end_ns);
+    let state = meta.state();
+    s.enrichment = Some(state.as_str().to_owned());
+    if !matches!(state, crate::enrich::CacheState::Disabled) {
+        endpoint(&mut s.client, meta, false);
+        endpoint(&mut s.server, meta, true);
+    }
+    s.hint = crate::verdict::hint::summary(s);
 }

@@ -30,7 +30,7 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use serde_json::Value;
@@ -91,6 +91,30 @@ struct VerdictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RcodeLabels {
+    server: String,
+    rcode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: String,
+}
+
+/// `namespace/pod` of a replica, else its address.
+fn replica_label(m: &crate::verdict::PodMeta, ip: std::net::IpAddr) -> String {
+    match (&m.namespace, &m.pod) {
+        (Some(ns), Some(p)) => format!("{ns}/{p}"),
+        _ => ip.to_string(),
+    }
+}
+
+/// Upper bounds of the DNS latency histogram, seconds (0.25 ms … 8 s).
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 16)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CounterLabels {
     counter: String,
 }
@@ -127,6 +151,8 @@ struct Inner {
     cache_current: Mutex<Option<String>>,
     flows_open: Gauge,
     flows_evicted: Counter,
+    dns_answers: Family<RcodeLabels, Counter>,
+    dns_latency: Family<ServerLabels, Histogram, fn() -> Histogram>,
     ready: AtomicBool,
     observe_stats: Mutex<Option<ObserveStats>>,
 }
@@ -253,6 +279,20 @@ impl Metrics {
             "Flows evicted from the full correlation table before their window closed",
             flows_evicted.clone(),
         );
+        let dns_answers = Family::<RcodeLabels, Counter>::default();
+        registry.register(
+            "dns_answers",
+            "DNS answers delivered to clients, per server (replica) and response code",
+            dns_answers.clone(),
+        );
+        let dns_latency: Family<ServerLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register_with_unit(
+            "dns_latency",
+            "Latency of delivered DNS answers (query seen to answer delivered), per server",
+            prometheus_client::registry::Unit::Seconds,
+            dns_latency.clone(),
+        );
         for name in KERNEL_COUNTERS {
             let _ = kernel.get_or_create(&CounterLabels {
                 counter: name.to_owned(),
@@ -284,6 +324,8 @@ impl Metrics {
                 cache_current: Mutex::new(None),
                 flows_open,
                 flows_evicted,
+                dns_answers,
+                dns_latency,
                 ready: AtomicBool::new(false),
                 observe_stats: Mutex::new(None),
             }),
@@ -323,6 +365,52 @@ impl Metrics {
                 counter: label(name),
             });
             set_counter(&c, value);
+        }
+    }
+
+    /// Sets the counters of node signals (absolute values).
+    pub fn set_signal_readings(&self, readings: &[crate::capture::signals::Reading]) {
+        for r in readings {
+            match (r.signal, &r.interface) {
+                ("ena", Some(iface)) => self.set_ena(iface, &r.counter, r.value),
+                ("conntrack", _) => self.set_conntrack([(r.counter.as_str(), r.value)]),
+                _ => {}
+            }
+        }
+    }
+
+    /// Counts the answers of a summary line: verdict counter, rcode counter and the latency
+    /// histogram of its replica.
+    pub fn record_summary(&self, s: &crate::verdict::summary::Summary) {
+        let labels = VerdictLabels {
+            verdict: "answered".into(),
+            kind: "dns".into(),
+            reason: String::new(),
+            interface_kind: String::new(),
+        };
+        self.inner.verdicts.get_or_create(&labels).inc_by(s.count);
+        let server = label(&replica_label(&s.server.meta, s.server.ip));
+        self.inner
+            .dns_answers
+            .get_or_create(&RcodeLabels {
+                server: server.clone(),
+                rcode: label(&s.dns.rcode),
+            })
+            .inc_by(s.count);
+        let hist = self
+            .inner
+            .dns_latency
+            .get_or_create(&ServerLabels { server });
+        for (b, n) in s.histogram.buckets.iter().enumerate() {
+            if *n == 0 {
+                continue;
+            }
+            let lo = tracer_common::latency_bucket_lower(b) as f64;
+            let hi = tracer_common::latency_bucket_lower(b + 1) as f64;
+            let mid = (lo + hi) / 2.0 / 1e9;
+            for _ in 0..*n {
+                hist.observe(mid);
+            }
         }
     }
 

@@ -53,6 +53,11 @@ impl Sinks {
         }
     }
 
+    /// Counts a summary line in the metrics.
+    pub fn record_summary(&self, s: &crate::verdict::summary::Summary) {
+        self.metrics.record_summary(s);
+    }
+
     /// True while a `tracer observe` client asked for packet events: worth building them even
     /// when stdout does not print them.
     pub fn wants_events(&self) -> bool {

@@ -30,6 +30,8 @@ const RECENT_HORIZON_NS: u64 = 300_000_000_000;
 const MAX_LIFETIME_WINDOWS: u64 = 4;
 /// A pod's packet and its SNATed copy at the uplink are this close in time at most, ns.
 const MAX_NAT_DELAY_NS: u64 = 1_000_000_000;
+/// Losses remembered (oldest forgotten first; also pruned by age in `prune`).
+const MAX_LOSSES: usize = 4096;
 
 /// A closed flow's key, remembered so late events are not mistaken for new flows or orphans.
 #[derive(Clone, Copy, Debug)]
@@ -101,7 +103,9 @@ pub struct Correlator {
     pending: VecDeque<PacketEvent>,
     ifaces: HashMap<u32, Arc<Iface>>,
     recent: HashMap<RecentKey, Recent>,
-    last_loss: Option<(u64, String)>,
+    /// Losses noted, oldest first: `(from, to, what)` in ns (bounded by [`MAX_LOSSES`], pruned
+    /// past the longest a flow can live).
+    losses: VecDeque<(u64, u64, String)>,
     next_seq: u64,
     order: u64,
     max_ts: u64,
@@ -168,7 +172,7 @@ impl Correlator {
             pending: VecDeque::new(),
             ifaces: HashMap::new(),
             recent: HashMap::new(),
-            last_loss: None,
+            losses: VecDeque::new(),
             next_seq: 1,
             order: 0,
             max_ts: 0,
@@ -187,24 +191,41 @@ impl Correlator {
 
     /// Events may have been lost up to `ts_ns` (and back to `ts_ns - loss_margin`): every flow
     /// open in that interval gets `evidence: incomplete` and no negative verdict. Call it as
-    /// soon as the loss is known (before the next [`Correlator::poll`]). Cost: one pass over
-    /// the open flows.
+    /// soon as the loss is known (before the next [`Correlator::poll`]).
     pub fn note_loss(&mut self, ts_ns: u64, what: &str) {
+        self.note_loss_span(ts_ns.saturating_sub(self.margin_ns), ts_ns, what);
+    }
+
+    /// Events may have been lost at some time in `[from_ns, to_ns]` (the kernel's loss history
+    /// says when, to its slot width). Every flow alive then — open now, or opened later from
+    /// records that arrive late — gets `evidence: incomplete` and no negative verdict. Cost: one
+    /// pass over the open flows.
+    pub fn note_loss_span(&mut self, from_ns: u64, to_ns: u64, what: &str) {
         self.stats.losses_noted = self.stats.losses_noted.saturating_add(1);
-        let lo = ts_ns.saturating_sub(self.margin_ns);
         let note = format!("events may have been lost while the flow was open ({what})");
         for flow in self.flows.values_mut() {
             if flow.loss.is_none()
-                && flow.first_ts <= ts_ns
-                && flow.deadline.max(flow.last_ts) >= lo
+                && flow.first_ts <= to_ns
+                && flow.deadline.max(flow.last_ts) >= from_ns
             {
                 flow.loss = Some(note.clone());
             }
         }
-        match &self.last_loss {
-            Some((t, _)) if *t > ts_ns => {}
-            _ => self.last_loss = Some((ts_ns, what.to_string())),
+        if self.losses.len() >= MAX_LOSSES {
+            self.losses.pop_front();
         }
+        self.losses.push_back((from_ns, to_ns, what.to_string()));
+    }
+
+    /// The loss that overlaps a flow starting at `first_ts` (whose life so far is up to the
+    /// newest event), if any.
+    fn loss_since(&self, first_ts: u64) -> Option<String> {
+        let lo = first_ts.saturating_sub(self.margin_ns);
+        self.losses
+            .iter()
+            .rev()
+            .find(|(_, to, _)| *to >= lo)
+            .map(|(_, _, what)| format!("events may have been lost while the flow was open ({what})"))
     }
 
     /// Verdicts of flows that completed or whose window closed by `now_ns` (same clock as the
@@ -639,12 +660,7 @@ impl Correlator {
         }
         let fid = self.next_seq;
         self.next_seq += 1;
-        let loss = match &self.last_loss {
-            Some((lts, what)) if ts <= *lts => Some(format!(
-                "events may have been lost while the flow was open ({what})"
-            )),
-            _ => None,
-        };
+        let loss = self.loss_since(ts);
         let deadline = ts.saturating_add(self.window_ns);
         self.flows.insert(
             fid,
@@ -1413,6 +1429,18 @@ impl Correlator {
     }
 
     fn prune(&mut self, now: u64) {
+        // A flow lives at most MAX_LIFETIME_WINDOWS windows plus its hold: older losses can no
+        // longer overlap anything that is still to be decided.
+        let horizon = self
+            .window_ns
+            .saturating_mul(MAX_LIFETIME_WINDOWS + 1)
+            .saturating_add(self.margin_ns.saturating_mul(2));
+        while let Some((_, to, _)) = self.losses.front() {
+            if to.saturating_add(horizon) >= now {
+                break;
+            }
+            self.losses.pop_front();
+        }
         while let Some((exp, _)) = self.tomb_order.front() {
             if *exp >= now {
                 break;

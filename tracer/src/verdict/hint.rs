@@ -522,3 +522,31 @@ pub fn render(v: &Verdict) -> String {
     }
     out
 }
+
+/// The hint of a summary line: who asked whom, how many answers, how fast.
+pub fn summary(s: &super::summary::Summary) -> String {
+    let who = |e: &super::summary::SummaryEndpoint| match pod_name(&e.meta) {
+        Some(p) => format!("pod {p} ({})", e.ip),
+        None => e.ip.to_string(),
+    };
+    let server = match (&s.server.service, pod_name(&s.server.meta)) {
+        (Some(_), Some(p)) => format!("CoreDNS replica {p} ({})", s.server.ip),
+        (_, Some(p)) => format!("pod {p} ({})", s.server.ip),
+        _ => format!("DNS server {}", s.server.ip),
+    };
+    let qtype = s.dns.qtype.as_deref().unwrap_or("DNS");
+    let lat = match (s.latency_ms.p50, s.latency_ms.p99) {
+        (Some(p50), Some(p99)) => format!(", p50 {p50} ms, p99 {p99} ms"),
+        _ => String::new(),
+    };
+    let what = if s.dns.rcode == "NOERROR" {
+        "healthy answers".to_owned()
+    } else {
+        format!("answers with {} (not a network failure)", s.dns.rcode)
+    };
+    format!(
+        "{} {what} to {qtype} queries from {} by {server}{lat}.",
+        s.count,
+        who(&s.client)
+    )
+}

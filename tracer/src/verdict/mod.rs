@@ -82,8 +82,9 @@
 mod correlate;
 mod decide;
 mod flow;
-mod hint;
+pub mod hint;
 mod model;
+pub mod summary;
 
 #[cfg(test)]
 mod tests;

@@ -139,14 +139,24 @@ fn ensure_up() -> Result<()> {
 
 /// Exclusive lock on [`LOCK_FILE`], so that separate processes using the lab serialize.
 /// Released when dropped.
+///
+/// A process started under a lock its parent already holds (e.g. `flock /run/tracer-lab.lock
+/// env TRACER_LAB_LOCK_HELD=1 cargo xtask lab up`, for a manual session that spans several
+/// commands) sets [`LOCK_HELD_ENV`] and does not lock again.
 #[derive(Debug)]
 pub struct LabLock {
-    _file: fs::File,
+    _file: Option<fs::File>,
 }
+
+/// Environment variable saying the caller already holds [`LOCK_FILE`].
+pub const LOCK_HELD_ENV: &str = "TRACER_LAB_LOCK_HELD";
 
 impl LabLock {
     /// Takes the lock, blocking until no other holder is left.
     pub fn acquire() -> Result<Self> {
+        if std::env::var_os(LOCK_HELD_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+            return Ok(Self { _file: None });
+        }
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -156,7 +166,7 @@ impl LabLock {
             .with_context(|| format!("opening {LOCK_FILE}"))?;
         file.lock()
             .with_context(|| format!("locking {LOCK_FILE}"))?;
-        Ok(Self { _file: file })
+        Ok(Self { _file: Some(file) })
     }
 }
 

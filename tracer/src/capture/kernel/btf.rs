@@ -57,6 +57,7 @@ pub fn load_btf_file(path: impl AsRef<Path>) -> Result<Btf, Error> {
     })
 }
 
+#[cfg(test)]
 /// Parses stand-alone (non-split) BTF bytes.
 pub fn parse_btf(bytes: &[u8]) -> Result<Btf, Error> {
     Btf::from_bytes(bytes).map_err(|source| Error::Btf {
@@ -79,12 +80,17 @@ pub struct DropReasons {
     /// Full 32-bit value (subsystem bits included) to name.
     names: HashMap<u32, String>,
     /// Subsystem id to name, without the `SKB_DROP_REASON_SUBSYS_` prefix; not the core (0).
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "read by `subsystem`, which only the tests call so far")
+    )]
     subsystems: HashMap<u32, String>,
 }
 
 impl DropReasons {
     /// Reads the running kernel's BTF ([`VMLINUX_BTF`]) and builds the names from it and from
     /// the BTF of modules with subsystem drop reasons, see [`DropReasons::from_running_kernel`].
+    #[cfg(test)]
     pub fn from_vmlinux() -> Result<Self, Error> {
         Self::from_running_kernel(&load_vmlinux()?)
     }
@@ -116,12 +122,14 @@ impl DropReasons {
         Self::from_btfs(&all)
     }
 
+    #[cfg(test)]
     /// Builds the names from the BTF of a stand-alone BTF file (e.g. a saved copy of
     /// `/sys/kernel/btf/vmlinux`).
     pub fn from_btf_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         Self::from_btf(&load_btf_file(path)?)
     }
 
+    #[cfg(test)]
     /// Builds the names from stand-alone BTF bytes.
     pub fn from_btf_bytes(bytes: &[u8]) -> Result<Self, Error> {
         Self::from_btf(&parse_btf(bytes)?)
@@ -129,6 +137,7 @@ impl DropReasons {
 
     /// Builds the names from parsed BTF (only what it holds: see
     /// [`DropReasons::from_running_kernel`] for module reasons).
+    #[cfg(test)]
     pub fn from_btf(btf: &Btf) -> Result<Self, Error> {
         Self::from_btfs(&[btf])
     }
@@ -200,6 +209,7 @@ impl DropReasons {
 
     /// Subsystem of a non-core drop reason value, e.g. `OPENVSWITCH` or `MAC80211_UNUSABLE`
     /// (from `enum skb_drop_reason_subsys`); `None` for core reasons and unknown subsystems.
+    #[cfg(test)]
     pub fn subsystem(&self, value: u32) -> Option<&str> {
         self.subsystems
             .get(&(value >> SKB_DROP_REASON_SUBSYS_SHIFT))
@@ -207,11 +217,13 @@ impl DropReasons {
     }
 
     /// Number of named values.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.names.len()
     }
 
     /// Whether no value is named ([`DropReasons::default`], or BTF whose enum names no core reason).
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }

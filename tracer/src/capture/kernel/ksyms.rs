@@ -166,17 +166,20 @@ impl Ksyms {
         !self.syms.is_empty()
     }
 
+    #[cfg(test)]
     /// Whether the kernel listed symbols but hid their addresses (all zero), e.g. because of
     /// `kernel.kptr_restrict` or missing `CAP_SYSLOG`.
     pub fn addresses_hidden(&self) -> bool {
         self.hidden
     }
 
+    #[cfg(test)]
     /// Number of symbols kept.
     pub fn len(&self) -> usize {
         self.syms.len()
     }
 
+    #[cfg(test)]
     /// Whether no symbol was kept.
     pub fn is_empty(&self) -> bool {
         self.syms.is_empty()

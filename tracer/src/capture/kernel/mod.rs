@@ -4,9 +4,6 @@
 //! Everything here parses data the kernel (or a test file) hands us, so nothing panics on bad
 //! input: errors are [`Error`]s naming what was missing, and lookups fall back to a raw value.
 
-// The module is a small library: not every entry point (e.g. the file and byte-slice
-// constructors used by the unit tests) is called by the daemon.
-#![allow(dead_code)]
 
 pub mod btf;
 pub mod ksyms;
@@ -91,3 +88,85 @@ pub enum Error {
         field: String,
     },
 }
+
+/// Names for kernel values: drop reasons and code locations.
+pub trait Symbols {
+    /// Drop reason name (`NETFILTER_DROP`), `UNKNOWN(n)` when unknown.
+    fn reason(&self, value: u32) -> String;
+    /// Symbolized kernel address (`nft_do_chain+0x1a4`), or hex.
+    fn location(&self, addr: u64) -> String;
+}
+
+/// Symbols when nothing could be loaded: numbers only.
+pub struct NoSymbols;
+
+impl Symbols for NoSymbols {
+    fn reason(&self, value: u32) -> String {
+        format!("UNKNOWN({value})")
+    }
+    fn location(&self, addr: u64) -> String {
+        format!("{addr:#x}")
+    }
+}
+
+/// Drop reason names and kernel symbols of the running kernel.
+pub struct KernelSymbols {
+    reasons: Option<btf::DropReasons>,
+    ksyms: Option<ksyms::Ksyms>,
+}
+
+impl Symbols for KernelSymbols {
+    fn reason(&self, value: u32) -> String {
+        match &self.reasons {
+            Some(r) => r.name(value),
+            None => NoSymbols.reason(value),
+        }
+    }
+    fn location(&self, addr: u64) -> String {
+        match &self.ksyms {
+            Some(k) => k.symbolize(addr),
+            None => NoSymbols.location(addr),
+        }
+    }
+}
+
+/// Reads the kernel's BTF (struct offsets for the drop program, drop reason names) and
+/// /proc/kallsyms. Each part that fails is logged and degrades the output, never the run.
+pub fn kernel_facts(no_drops: bool) -> (Option<tracer_common::KernelOffsets>, Box<dyn Symbols>) {
+    let btf = match btf::load_vmlinux() {
+        Ok(btf) => Some(btf),
+        Err(err) => {
+            tracing::warn!(%err, "no kernel BTF: drop reasons will be numbers, drops not traced");
+            None
+        }
+    };
+    let offsets = match (&btf, no_drops) {
+        (Some(btf), false) => match btf::kernel_offsets(btf) {
+            Ok(o) => Some(o),
+            Err(err) => {
+                tracing::warn!(%err, "kernel struct layout not understood: drops not traced");
+                None
+            }
+        },
+        _ => None,
+    };
+    let reasons = btf.as_ref().and_then(|btf| {
+        btf::DropReasons::from_running_kernel(btf)
+            .map_err(|err| tracing::warn!(%err, "drop reason names unavailable"))
+            .ok()
+    });
+    drop(btf);
+    let ksyms = match ksyms::Ksyms::load() {
+        Ok(k) if k.is_usable() => Some(k),
+        Ok(_) => {
+            tracing::warn!("/proc/kallsyms hides addresses: drop locations will be hex");
+            None
+        }
+        Err(err) => {
+            tracing::warn!(%err, "/proc/kallsyms unreadable: drop locations will be hex");
+            None
+        }
+    };
+    (offsets, Box::new(KernelSymbols { reasons, ksyms }))
+}
+

@@ -63,6 +63,63 @@ pub fn read_conntrack() -> Vec<(&'static str, u64)> {
         .unwrap_or_default()
 }
 
+/// Follows `insert_failed`/`drop` and says when they grow: the DNS A/AAAA insert race drops a
+/// query inside conntrack (5 s client timeouts).
+#[derive(Default)]
+pub struct ConntrackWatch {
+    last: Option<(u64, u64)>,
+}
+
+impl ConntrackWatch {
+    /// Feeds one reading of the counters; warns when the loss counters grew.
+    pub fn observe(&mut self, counters: &[(&'static str, u64)]) -> Option<(u64, u64)> {
+        let get = |n: &str| {
+            counters
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map_or(0, |(_, v)| *v)
+        };
+        let now = (get("insert_failed"), get("drop"));
+        let grew = match self.last {
+            Some(before) if now.0 > before.0 || now.1 > before.1 => Some((
+                now.0.saturating_sub(before.0),
+                now.1.saturating_sub(before.1),
+            )),
+            _ => None,
+        };
+        if let Some((insert_failed, drop)) = grew {
+            tracing::warn!(
+                insert_failed,
+                drop,
+                "conntrack insert failures on this node: parallel A/AAAA queries from one socket \
+                 race in conntrack and one is dropped (5 s DNS timeouts); `single-request-reopen` \
+                 or NodeLocal DNSCache avoid it"
+            );
+        }
+        self.last = Some(now);
+        grew
+    }
+}
+
+impl super::Signal for ConntrackWatch {
+    fn sample(&mut self, _ifaces: &crate::capture::iface::IfaceTable) -> Vec<super::Reading> {
+        let counters = read_conntrack();
+        if counters.is_empty() {
+            return Vec::new();
+        }
+        self.observe(&counters);
+        counters
+            .into_iter()
+            .map(|(counter, value)| super::Reading {
+                signal: "conntrack",
+                interface: None,
+                counter: counter.to_owned(),
+                value,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +136,16 @@ mod tests {
         assert!(got.contains(&("clashres", 1)));
         assert!(got.contains(&("search_restart", 10)));
         assert_eq!(got.len(), 6);
+    }
+
+    #[test]
+    fn growth_is_reported_and_a_reset_never_underflows() {
+        let mut w = ConntrackWatch::default();
+        assert_eq!(w.observe(&[("insert_failed", 5), ("drop", 1)]), None);
+        assert_eq!(w.observe(&[("insert_failed", 7), ("drop", 1)]), Some((2, 0)));
+        // Counters reset (module reloaded): lower values are no growth and no underflow.
+        assert_eq!(w.observe(&[("insert_failed", 0), ("drop", 0)]), None);
+        assert_eq!(w.observe(&[("insert_failed", 1), ("drop", 0)]), Some((1, 0)));
     }
 
     #[test]

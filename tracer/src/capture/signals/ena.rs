@@ -132,6 +132,54 @@ pub fn allowance_exceeded(ifname: &str) -> Vec<(String, u64)> {
         .unwrap_or_default()
 }
 
+/// Follows the ENA allowance counters of the uplinks and says when they grow: those packets
+/// were dropped by the hypervisor, outside anything the kernel can see.
+#[derive(Default)]
+pub struct EnaWatch {
+    last: std::collections::HashMap<(String, String), u64>,
+}
+
+impl EnaWatch {
+    /// Bound on remembered (interface, counter) pairs.
+    const MAX: usize = 1024;
+}
+
+impl super::Signal for EnaWatch {
+    fn sample(&mut self, ifaces: &crate::capture::iface::IfaceTable) -> Vec<super::Reading> {
+        use crate::capture::iface::IfaceKind;
+        let mut out = Vec::new();
+        for iface in ifaces.live() {
+            if !matches!(iface.kind, IfaceKind::Uplink | IfaceKind::Trunk) {
+                continue;
+            }
+            for (counter, value) in allowance_exceeded(&iface.name) {
+                let key = (iface.name.clone(), counter.clone());
+                if let Some(before) = self.last.get(&key)
+                    && value > *before
+                {
+                    tracing::warn!(
+                        interface = %key.0,
+                        counter = %key.1,
+                        dropped = value - before,
+                        "ENA allowance exceeded: the hypervisor dropped packets on this ENI \
+                         (linklocal: over 1024 pps to the VPC resolver/IMDS; use NodeLocal DNSCache)"
+                    );
+                }
+                if self.last.len() < Self::MAX || self.last.contains_key(&key) {
+                    self.last.insert(key, value);
+                }
+                out.push(super::Reading {
+                    signal: "ena",
+                    interface: Some(iface.name.clone()),
+                    counter,
+                    value,
+                });
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,251 @@
+//! The path from kernel records to output lines: decode (stage 2), scope, correlate and decide
+//! (stage 3), finalize with names and hint (stage 4), sinks (stage 5). The daemon's loop feeds
+//! it and sets its clock; it owns no I/O besides the sinks.
+
+use std::io::Write as _;
+
+use crate::{
+    capture::iface::IfaceTable,
+    decode::{
+        self, Record, Symbols,
+        event::{Hook, PacketEvent},
+        record::{DnsFlowRecord, Why},
+    },
+    enrich::MetaCache,
+    sinks::Sinks,
+    verdict::{
+        Correlator, Verdict, VerdictKind,
+        summary::{Summaries, Summary},
+    },
+};
+
+use super::{clock::Clock, scope::Scope, tables::Swept};
+
+/// Userspace-side counts of what was decoded, skipped and written.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct UserCounters {
+    /// Records decoded.
+    pub decoded: u64,
+    /// Records that failed to decode (short, unknown kind, bad fields).
+    pub decode_errors: u64,
+    /// DNS table records (queries handed over whole), from the ring or the sweeper.
+    pub dns_records: u64,
+    /// Drops in namespaces that are not this node's (other "machines").
+    pub drops_other_node: u64,
+    /// Lines that could not be written to stdout.
+    pub write_errors: u64,
+    /// Summary lines written.
+    pub summaries: u64,
+    /// Answers in summary lines.
+    pub summarized_answers: u64,
+}
+
+/// What happens to healthy answers (`--answered`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AnsweredMode {
+    /// One summary line per client, replica, query type and response code per interval.
+    #[default]
+    Summary,
+    /// One verdict line per answered query (every answer goes through userspace).
+    Flows,
+    /// No lines for answered queries (metrics still count them).
+    Off,
+}
+
+/// The path from records to lines.
+pub struct Pipeline {
+    own_netns: u32,
+    symbols: Box<dyn Symbols>,
+    /// Counters.
+    pub user: UserCounters,
+    out: std::io::BufWriter<std::io::Stdout>,
+    events: bool,
+    answered: AnsweredMode,
+    sinks: Sinks,
+    /// The correlator (stage 3).
+    pub correlator: Correlator,
+    /// Monotonic → wall clock.
+    pub clock: Clock,
+    /// Kubernetes names.
+    pub meta: MetaCache,
+    /// Healthy answers of the current interval.
+    pub summaries: Summaries,
+    node: String,
+}
+
+impl Pipeline {
+    /// A pipeline writing to stdout through `sinks`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        own_netns: u32,
+        symbols: Box<dyn Symbols>,
+        events: bool,
+        answered: AnsweredMode,
+        sinks: Sinks,
+        correlator: Correlator,
+        meta: MetaCache,
+        node: String,
+    ) -> Self {
+        Self {
+            own_netns,
+            symbols,
+            user: UserCounters::default(),
+            // Buffered: flushed after every batch of records, not per line.
+            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+            events,
+            answered,
+            sinks,
+            correlator,
+            clock: Clock::new(),
+            meta,
+            summaries: Summaries::default(),
+            node,
+        }
+    }
+
+    /// Decodes one ring-buffer record and feeds what it yields on; every skip is counted.
+    pub fn record(&mut self, item: &[u8], ifaces: &IfaceTable, scope: &Scope) {
+        match decode::decode_record(item, ifaces, self.own_netns, self.symbols.as_ref()) {
+            Ok(Record::Packet(ev)) => {
+                self.user.decoded += 1;
+                self.packet(&ev, scope);
+            }
+            Ok(Record::Dns(r)) => {
+                self.user.decoded += 1;
+                self.dns(r, scope);
+            }
+            Err(err) => {
+                self.user.decode_errors += 1;
+                tracing::debug!(%err, "record skipped");
+                // A flow open now may be missing this record: its verdict must say so.
+                self.correlator
+                    .note_loss(self.clock.mono_ns(), "a kernel record could not be decoded");
+            }
+        }
+    }
+
+    /// An entry the sweeper took from (or read in) the DNS table.
+    pub fn swept(&mut self, s: Swept, ifaces: &IfaceTable, scope: &Scope) {
+        match decode::record::decode_entry(
+            s.why,
+            &s.key,
+            &s.entry,
+            ifaces,
+            self.own_netns,
+            self.symbols.as_ref(),
+        ) {
+            Ok(r) => self.dns(r, scope),
+            Err(err) => {
+                self.user.decode_errors += 1;
+                tracing::debug!(%err, "swept entry skipped");
+                self.correlator.note_loss(
+                    self.clock.mono_ns(),
+                    "a DNS table entry could not be decoded",
+                );
+            }
+        }
+    }
+
+    fn dns(&mut self, r: DnsFlowRecord, scope: &Scope) {
+        self.user.dns_records += 1;
+        if r.why == Why::DroppedAfterSummary
+            && let Some(s) = &r.summarized
+        {
+            // Counted as answered in the kernel, but never reached the client's socket.
+            self.summaries.retract(s);
+        }
+        for ev in &r.events {
+            self.packet(ev, scope);
+        }
+    }
+
+    fn packet(&mut self, ev: &PacketEvent, scope: &Scope) {
+        if ev.hook == Hook::Drop && ev.drop.as_ref().is_some_and(|d| !scope.contains(d.netns)) {
+            self.user.drops_other_node += 1;
+            return;
+        }
+        if self.events || self.sinks.wants_events() {
+            let mut line = serde_json::json!({ "type": "packet" });
+            if let (Some(obj), Ok(serde_json::Value::Object(ev))) =
+                (line.as_object_mut(), serde_json::to_value(ev))
+            {
+                obj.extend(ev);
+            }
+            self.write(line, self.events);
+        }
+        self.correlator.observe(ev);
+    }
+
+    /// Losses somewhere in `[from, to]` (kernel loss history).
+    pub fn note_loss_span(&mut self, from: u64, to: u64, what: &str) {
+        self.correlator.note_loss_span(from, to, what);
+    }
+
+    fn write(&mut self, value: serde_json::Value, to_stdout: bool) {
+        if let Some(text) = self.sinks.emit(value, to_stdout)
+            && writeln!(self.out, "{text}").is_err()
+        {
+            self.user.write_errors += 1;
+        }
+    }
+
+    /// Emits the verdicts of flows that completed or whose window closed by `now`.
+    pub fn poll(&mut self, now: u64) {
+        let verdicts = self.correlator.poll(now);
+        self.emit(verdicts);
+    }
+
+    /// Emits every open flow's verdict (shutdown).
+    pub fn finish(&mut self) {
+        let verdicts = self.correlator.flush();
+        self.emit(verdicts);
+        self.flush();
+    }
+
+    fn emit(&mut self, verdicts: Vec<Verdict>) {
+        for mut v in verdicts {
+            let clock = &self.clock;
+            crate::enrich::finalize::finalize(&mut v, &self.meta, &|t| clock.wall_rfc3339(t));
+            let to_stdout =
+                !(self.answered == AnsweredMode::Off && v.verdict == VerdictKind::Answered);
+            match serde_json::to_value(&v) {
+                Ok(value) => self.write(value, to_stdout),
+                Err(err) => {
+                    self.user.write_errors += 1;
+                    tracing::warn!(%err, "verdict not serializable");
+                }
+            }
+        }
+    }
+
+    /// Ends the summary interval `[start, end)`: one line per group.
+    pub fn emit_summaries(&mut self, start: u64, end: u64) {
+        let lines: Vec<Summary> = self.summaries.take(&self.node, start, end);
+        for mut s in lines {
+            let clock = &self.clock;
+            crate::enrich::finalize::finalize_summary(&mut s, &self.meta, &|t| {
+                clock.wall_rfc3339(t)
+            });
+            self.user.summaries += 1;
+            self.user.summarized_answers += s.count;
+            self.sinks.record_summary(&s);
+            if self.answered == AnsweredMode::Off {
+                continue;
+            }
+            match serde_json::to_value(&s) {
+                Ok(value) => self.write(value, true),
+                Err(err) => {
+                    self.user.write_errors += 1;
+                    tracing::warn!(%err, "summary not serializable");
+                }
+            }
+        }
+    }
+
+    /// Flushes stdout.
+    pub fn flush(&mut self) {
+        if self.out.flush().is_err() {
+            self.user.write_errors += 1;
+        }
+    }
+}
