@@ -1,14 +1,21 @@
-//! The kernel programs' parser, tested in the kernel: hand-built packets are run through the
-//! real tc programs with BPF_PROG_TEST_RUN and the ring-buffer records decoded as the daemon
-//! does. Needs root; under CI a non-root run fails instead of skipping.
+//! The kernel programs tested in the kernel: hand-built packets are run through the real tc
+//! programs with BPF_PROG_TEST_RUN, and what they leave behind — ring-buffer records, DNS table
+//! entries, answer summaries, counters — is read and decoded as the daemon does. Needs root;
+//! under CI a non-root run fails instead of skipping.
 
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use tracer_common::{dns_flags, dns_state};
 
 use crate::{
-    capture::{Capture, TcProgram, iface::IfaceTable},
+    capture::{
+        Capture, TcProgram,
+        iface::IfaceTable,
+        load::{LoadConfig, Tables, read_all},
+    },
     decode::{
-        self, NoSymbols,
+        self, NoSymbols, Record,
         event::{Hook, PacketEvent, Proto},
+        record::{DnsFlowRecord, Why},
     },
     devtools::packets::*,
 };
@@ -26,28 +33,23 @@ fn privileged() -> bool {
     false
 }
 
-/// Loaded programs and their ring buffer.
+/// Loaded programs, their ring buffer and tables.
 struct Kernel {
     capture: Capture,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
+    tables: Tables,
 }
 
-impl Kernel {
-    fn counters(&self) -> Result<crate::capture::Counters, crate::capture::load::CaptureError> {
-        self.capture.counters()
-    }
-}
-
-/// Runs `prog` once on `frame` and returns the events it emitted.
-fn run(k: &mut Kernel, prog: TcProgram, frame: &[u8]) -> Vec<PacketEvent> {
+/// Runs `prog` once on `frame` and returns the records it emitted.
+fn run(k: &mut Kernel, prog: TcProgram, frame: &[u8]) -> Vec<Record> {
     try_run(k, prog, frame).expect("test run")
 }
 
 /// Like [`run`], but `None` when the kernel refuses the frame itself (BPF_PROG_TEST_RUN
 /// validates some headers before the program runs).
-fn try_run(k: &mut Kernel, prog: TcProgram, frame: &[u8]) -> Option<Vec<PacketEvent>> {
-    let Kernel { capture, ring } = k;
-    let p: &SchedClassifier = capture
+fn try_run(k: &mut Kernel, prog: TcProgram, frame: &[u8]) -> Option<Vec<Record>> {
+    let p: &SchedClassifier = k
+        .capture
         .ebpf_mut()
         .program(prog.name())
         .expect("program present")
@@ -63,67 +65,153 @@ fn try_run(k: &mut Kernel, prog: TcProgram, frame: &[u8]) -> Option<Vec<PacketEv
         "programs never decide a packet's fate: they return TC_ACT_UNSPEC"
     );
     let mut out = Vec::new();
-    while let Some(item) = ring.next() {
-        let raw = decode::read_record(&item).expect("full record");
-        out.push(decode::decode(&raw, &IfaceTable::default(), 1, &NoSymbols).expect("decodes"));
+    while let Some(item) = k.ring.next() {
+        out.push(
+            decode::decode_record(&item, &IfaceTable::default(), 1, &NoSymbols).expect("decodes"),
+        );
     }
     Some(out)
 }
 
-fn capture() -> Kernel {
-    let mut capture = Capture::load(None).expect("programs load (root?)");
+fn kernel_with(cfg: LoadConfig) -> Kernel {
+    let mut capture = Capture::load(&cfg).expect("programs load (root?)");
     let ring = capture.take_ring().expect("ring buffer");
-    Kernel { capture, ring }
+    let tables = capture.take_tables().expect("tables");
+    Kernel {
+        capture,
+        ring,
+        tables,
+    }
+}
+
+fn kernel() -> Kernel {
+    kernel_with(LoadConfig::default())
+}
+
+fn packets(recs: &[Record]) -> Vec<&PacketEvent> {
+    recs.iter()
+        .filter_map(|r| match r {
+            Record::Packet(p) => Some(p),
+            Record::Dns(_) => None,
+        })
+        .collect()
+}
+
+fn dns_records(recs: &[Record]) -> Vec<&DnsFlowRecord> {
+    recs.iter()
+        .filter_map(|r| match r {
+            Record::Dns(d) => Some(d),
+            Record::Packet(_) => None,
+        })
+        .collect()
+}
+
+fn query() -> Vec<u8> {
+    eth_ipv4(17, &udp(40000, 53, &dns_message(false)))
+}
+
+fn answer() -> Vec<u8> {
+    reply_ipv4(eth_ipv4(17, &udp(53, 40000, &dns_message(true))))
 }
 
 #[test]
-fn ipv4_udp_dns_query() {
+fn healthy_answer_is_summarized_in_the_kernel() {
     if !privileged() {
         return;
     }
-    let mut c = capture();
-    let ev = run(
-        &mut c,
-        TcProgram::In,
-        &eth_ipv4(17, &udp(40000, 53, &dns_message(false))),
-    );
-    let [ev] = ev.as_slice() else {
-        panic!("one event expected, got {ev:?}")
+    let mut k = kernel();
+    assert!(run(&mut k, TcProgram::PodIn, &query()).is_empty());
+    let open = read_all(&k.tables.dns, 16).expect("table");
+    let [(key, e)] = open.as_slice() else {
+        panic!("one entry expected, got {open:?}")
     };
-    assert_eq!(ev.hook, Hook::Ingress);
+    assert_eq!((key.port, key.id), (40000, 0x1234));
+    assert_eq!(e.state, dns_state::OPEN);
+    assert_eq!(e.qtype, 1);
+    // The answer delivered to the pod: no record, one summary.
+    assert!(run(&mut k, TcProgram::PodOut, &answer()).is_empty());
+    let sums = read_all(&k.tables.summary, 16).expect("summaries");
+    let [(sk, sv)] = sums.as_slice() else {
+        panic!("one summary expected, got {sums:?}")
+    };
+    assert_eq!((sk.qtype, sk.rcode, sv.count), (1, 0, 1));
+    let c = k.capture.counters().expect("counters");
+    assert_eq!((c.dns_tracked, c.dns_summarized, c.dns_records), (1, 1, 0));
+    // The entry lingers, delivered, for a drop inside the client right after.
+    let after = read_all(&k.tables.dns, 16).expect("table");
+    assert_eq!(after.first().map(|(_, e)| e.state), Some(dns_state::DELIVERED));
+}
+
+#[test]
+fn answered_flows_hand_every_query_over_whole() {
+    if !privileged() {
+        return;
+    }
+    let mut cfg = LoadConfig::default();
+    cfg.dns.answered_flows = 1;
+    let mut k = kernel_with(cfg);
+    assert!(run(&mut k, TcProgram::PodIn, &query()).is_empty());
+    let recs = run(&mut k, TcProgram::PodOut, &answer());
+    let [r] = dns_records(&recs)[..] else {
+        panic!("one record expected, got {recs:?}")
+    };
+    assert_eq!(r.why, Why::Delivered);
+    let [q, a] = r.events.as_slice() else {
+        panic!("two sightings expected: {:?}", r.events)
+    };
+    assert_eq!((q.hook, a.hook), (Hook::Ingress, Hook::Egress));
     assert_eq!(
-        (ev.src.to_string(), ev.sport),
-        ("198.18.1.21".into(), 40000)
+        (q.src.to_string(), q.sport, q.dst.to_string(), q.dport),
+        ("198.18.1.21".into(), 40000, "198.19.0.10".into(), 53)
     );
-    assert_eq!((ev.dst.to_string(), ev.dport), ("198.19.0.10".into(), 53));
-    let dns = ev.dns.as_ref().expect("dns");
-    assert_eq!(dns.id, 0x1234);
+    let d = a.dns.as_ref().expect("dns");
+    assert!(d.response);
+    assert_eq!(d.rcode.as_deref(), Some("NOERROR"));
+    assert_eq!(d.answers, 1);
     assert_eq!(
-        dns.qname.as_deref(),
+        d.qname.as_deref(),
         Some("kubernetes.default.svc.cluster.local")
     );
 }
 
 #[test]
-fn ipv6_dns_behind_extension_header_and_response() {
+fn resend_hands_over_and_streams() {
     if !privileged() {
         return;
     }
-    let mut c = capture();
-    let ev = run(
-        &mut c,
-        TcProgram::Out,
-        &eth_ipv6(17, &udp(53, 40000, &dns_message(true)), true),
-    );
-    let [ev] = ev.as_slice() else {
-        panic!("one event expected, got {ev:?}")
+    let mut k = kernel();
+    assert!(run(&mut k, TcProgram::PodIn, &query()).is_empty());
+    // The same query at the same point again: a resend.
+    let recs = run(&mut k, TcProgram::PodIn, &query());
+    let [r] = dns_records(&recs)[..] else {
+        panic!("a record expected, got {recs:?}")
     };
-    assert_eq!((ev.src.to_string(), ev.sport), ("fd00::21".into(), 53));
-    assert_eq!((ev.dst.to_string(), ev.dport), ("fd00::a".into(), 40000));
-    let dns = ev.dns.as_ref().expect("dns");
-    assert!(dns.response);
-    assert_eq!(dns.rcode.as_deref(), Some("NOERROR"));
-    assert_eq!(dns.answers, 1);
+    assert_eq!(r.why, Why::Resend);
+    assert_eq!(packets(&recs).len(), 1, "the resend itself is reported");
+    // From now on every packet of the query is reported as it is.
+    let recs = run(&mut k, TcProgram::PodOut, &answer());
+    let [p] = packets(&recs)[..] else {
+        panic!("the answer reported, got {recs:?}")
+    };
+    assert!(p.dns.as_ref().is_some_and(|d| d.response));
+}
+
+#[test]
+fn ipv6_dns_behind_extension_header() {
+    if !privileged() {
+        return;
+    }
+    let mut cfg = LoadConfig::default();
+    cfg.dns.answered_flows = 1;
+    let mut k = kernel_with(cfg);
+    let q = eth_ipv6(17, &udp(40000, 53, &dns_message(false)), true);
+    assert!(run(&mut k, TcProgram::PodIn, &q).is_empty());
+    let open = read_all(&k.tables.dns, 16).expect("table");
+    assert_eq!(open.first().map(|(key, _)| key.ip_version), Some(6));
+    // An orphan answer (no such query): counted, not reported.
+    let a = eth_ipv6(17, &udp(53, 40001, &dns_message(true)), true);
+    assert!(run(&mut k, TcProgram::PodOut, &a).is_empty());
+    assert_eq!(k.capture.counters().expect("counters").dns_orphan, 1);
 }
 
 #[test]
@@ -131,43 +219,41 @@ fn vlan_tagged_frame_from_trunk() {
     if !privileged() {
         return;
     }
-    let mut c = capture();
-    let frame = with_vlan(eth_ipv4(17, &udp(40000, 53, &dns_message(false))), 7);
-    let ev = run(&mut c, TcProgram::In, &frame);
-    let [ev] = ev.as_slice() else {
-        panic!("one event expected, got {ev:?}")
+    let mut k = kernel();
+    let frame = with_vlan(query(), 7);
+    assert!(run(&mut k, TcProgram::UplinkIn, &frame).is_empty());
+    let open = read_all(&k.tables.dns, 16).expect("table");
+    let [(_, e)] = open.as_slice() else {
+        panic!("one entry expected, got {open:?}")
     };
-    assert_eq!(ev.vlan, Some(7));
-    assert_eq!(
-        ev.dns.as_ref().and_then(|d| d.qname.as_deref()),
-        Some("kubernetes.default.svc.cluster.local")
-    );
+    assert_eq!(e.hops[0].vlan, 7);
+    assert_eq!(e.origin, tracer_common::origin::REMOTE);
 }
 
 #[test]
-fn dns_over_tcp_first_segment() {
+fn dns_over_tcp_is_reported_per_segment() {
     if !privileged() {
         return;
     }
-    let mut c = capture();
+    let mut k = kernel();
     let msg = dns_message(false);
     let mut payload = (msg.len() as u16).to_be_bytes().to_vec();
     payload.extend_from_slice(&msg);
-    let ev = run(
-        &mut c,
-        TcProgram::In,
+    let recs = run(
+        &mut k,
+        TcProgram::PodIn,
         &eth_ipv4(6, &tcp(40000, 53, 0x18, &payload)),
     );
-    let [ev] = ev.as_slice() else {
-        panic!("one event expected, got {ev:?}")
+    let [ev] = packets(&recs)[..] else {
+        panic!("one event expected, got {recs:?}")
     };
     assert_eq!(ev.proto, Proto::Tcp);
     assert_eq!(ev.dns.as_ref().map(|d| d.id), Some(0x1234));
     // A bare ACK of a DNS-over-TCP connection is not reported.
     assert!(
         run(
-            &mut c,
-            TcProgram::In,
+            &mut k,
+            TcProgram::PodIn,
             &eth_ipv4(6, &tcp(40000, 53, 0x10, &[]))
         )
         .is_empty()
@@ -175,110 +261,111 @@ fn dns_over_tcp_first_segment() {
 }
 
 #[test]
-fn icmp_port_unreachable_carries_quoted_dns_tuple() {
+fn icmp_port_unreachable_goes_into_the_tracked_query() {
     if !privileged() {
         return;
     }
-    let mut c = capture();
-    let query = eth_ipv4(17, &udp(40000, 53, &dns_message(false)));
-    let ev = run(&mut c, TcProgram::Out, &icmp_port_unreachable(&query[14..]));
-    let [ev] = ev.as_slice() else {
-        panic!("one event expected, got {ev:?}")
+    let mut k = kernel();
+    assert!(run(&mut k, TcProgram::PodIn, &query()).is_empty());
+    let q = query();
+    let recs = run(&mut k, TcProgram::PodOut, &icmp_port_unreachable(&q[14..]));
+    let [r] = dns_records(&recs)[..] else {
+        panic!("a record expected, got {recs:?}")
     };
-    assert_eq!(ev.proto, Proto::Icmp);
-    assert_eq!(ev.icmp.as_deref(), Some("port_unreachable"));
+    assert_eq!(r.why, Why::Icmp);
+    let icmp = r.events.last().expect("sightings");
+    assert_eq!(icmp.proto, Proto::Icmp);
+    assert_eq!(icmp.icmp.as_deref(), Some("port_unreachable"));
     assert_eq!(
-        (ev.src.to_string(), ev.sport, ev.dport),
+        (icmp.src.to_string(), icmp.sport, icmp.dport),
         ("198.18.1.21".into(), 40000, 53)
     );
-    assert_eq!(
-        ev.dns.as_ref().map(|d| d.id),
-        Some(0x1234),
-        "quoted DNS header decoded"
+    // An ICMP error quoting an untracked query is reported as a packet, with the quoted tuple.
+    let other = eth_ipv4(17, &udp(40002, 53, &dns_message(false)));
+    let recs = run(
+        &mut k,
+        TcProgram::PodOut,
+        &icmp_port_unreachable(&other[14..]),
     );
+    let [ev] = packets(&recs)[..] else {
+        panic!("one event expected, got {recs:?}")
+    };
+    assert_eq!(ev.sport, 40002);
+    assert_eq!(ev.dns.as_ref().map(|d| d.id), Some(0x1234));
 }
 
 #[test]
-fn flows_first_packets_only() {
+fn egress_first_packets_and_first_replies_only() {
     if !privileged() {
         return;
     }
-    let mut c = capture();
+    let mut k = kernel();
     assert!(
         run(
-            &mut c,
-            TcProgram::In,
+            &mut k,
+            TcProgram::PodIn,
             &eth_ipv4(6, &tcp(40000, 443, 0x18, &[1; 32]))
         )
         .is_empty()
     );
     let syn = run(
-        &mut c,
-        TcProgram::In,
+        &mut k,
+        TcProgram::PodIn,
         &eth_ipv4(6, &tcp(40000, 443, 0x02, &[])),
     );
     assert_eq!(
-        syn.first().and_then(|e| e.tcp_flags.as_deref()),
+        packets(&syn).first().and_then(|e| e.tcp_flags.as_deref()),
         Some("SYN")
     );
-    let udp_pkt = eth_ipv4(17, &udp(41000, 8125, &[7; 20]));
-    assert_eq!(
-        run(&mut c, TcProgram::InTrack, &udp_pkt).len(),
-        1,
-        "first UDP packet reported"
-    );
+    let out = eth_ipv4(17, &udp(41000, 8125, &[7; 20]));
+    let back = reply_ipv4(eth_ipv4(17, &udp(8125, 41000, &[8; 20])));
+    assert_eq!(run(&mut k, TcProgram::PodIn, &out).len(), 1, "first UDP packet");
+    assert!(run(&mut k, TcProgram::PodIn, &out).is_empty(), "later ones aggregated");
+    assert_eq!(run(&mut k, TcProgram::PodOut, &back).len(), 1, "first reply");
+    assert!(run(&mut k, TcProgram::PodOut, &back).is_empty(), "later replies aggregated");
     assert!(
-        run(&mut c, TcProgram::InTrack, &udp_pkt).is_empty(),
-        "later ones aggregated"
+        run(&mut k, TcProgram::OtherIn, &out).is_empty(),
+        "other interfaces ignore UDP"
     );
-    assert!(
-        run(&mut c, TcProgram::In, &udp_pkt).is_empty(),
-        "untracked role ignores UDP"
-    );
-    let counters = c.counters().expect("counters");
-    assert_eq!(counters.flow_aggregated, 1);
-    assert_eq!(
-        counters.tc_seen, 5,
-        "every packet counted as seen: {counters:?}"
-    );
+    let c = k.capture.counters().expect("counters");
+    assert_eq!(c.flow_aggregated, 2);
+    assert_eq!(c.tc_seen, 7, "every packet counted as seen: {c:?}");
 }
 
 #[test]
-fn long_name_is_truncated_not_lost_and_garbage_is_ignored() {
+fn long_name_is_cut_not_lost_and_garbage_is_ignored() {
     if !privileged() {
         return;
     }
-    let mut c = capture();
+    let mut k = kernel();
     let long = ["a123456789b123456789c123456789d123456789e123456789f12345678"; 5].join(".");
-    let ev = run(
-        &mut c,
-        TcProgram::In,
-        &eth_ipv4(17, &udp(40000, 53, &dns_query_for(&long))),
-    );
-    let [ev] = ev.as_slice() else {
-        panic!("one event expected, got {ev:?}")
+    let q = eth_ipv4(17, &udp(40000, 53, &dns_query_for(&long)));
+    assert!(run(&mut k, TcProgram::PodIn, &q).is_empty());
+    let open = read_all(&k.tables.dns, 16).expect("table");
+    let [(key, e)] = open.as_slice() else {
+        panic!("one entry expected, got {open:?}")
     };
-    let dns = ev
-        .dns
-        .as_ref()
-        .expect("header decoded from the bounded copy");
-    assert_eq!(dns.id, 0x1234);
-    assert_eq!(
-        dns.qname, None,
-        "a 300-byte name does not fit the 256-byte copy"
+    assert_eq!(key.id, 0x1234);
+    assert_ne!(
+        e.flags & dns_flags::QUESTION_CUT,
+        0,
+        "a 300-byte name does not fit the 128-byte copy"
     );
     // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
     for len in [15usize, 20, 33, 34, 41, 42, 60] {
         let junk: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(151)).collect();
         assert!(
-            try_run(&mut c, TcProgram::In, &junk)
+            try_run(&mut k, TcProgram::PodIn, &junk)
                 .unwrap_or_default()
                 .is_empty()
         );
-        let mut truncated = eth_ipv4(17, &udp(40000, 53, &dns_message(false)));
+        let mut truncated = eth_ipv4(17, &udp(40001, 53, &dns_message(false)));
         truncated.truncate(len);
-        // Cut before the DNS header: nothing reported; cut inside it: reported without DNS facts.
-        for ev in try_run(&mut c, TcProgram::In, &truncated).unwrap_or_default() {
+        // Cut before the DNS header: nothing; cut inside it: reported without DNS facts.
+        for r in try_run(&mut k, TcProgram::PodIn, &truncated).unwrap_or_default() {
+            let Record::Packet(ev) = r else {
+                panic!("no table record from a cut header: {r:?}")
+            };
             assert!(ev.dns.is_none(), "no DNS facts from a cut header: {ev:?}");
         }
     }

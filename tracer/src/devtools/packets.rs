@@ -91,6 +91,15 @@ pub fn eth_ipv6(next: u8, l4: &[u8], hbh: bool) -> Vec<u8> {
     p
 }
 
+/// The frame with IPv4 source and destination swapped (a reply to it).
+pub fn reply_ipv4(mut frame: Vec<u8>) -> Vec<u8> {
+    if let Some(addrs) = frame.get_mut(26..34) {
+        let (a, b) = addrs.split_at_mut(4);
+        a.swap_with_slice(b);
+    }
+    frame
+}
+
 /// Inserts an 802.1Q tag with `vlan` after the MAC addresses.
 pub fn with_vlan(mut frame: Vec<u8>, vlan: u16) -> Vec<u8> {
     let tag = [0x81, 0x00, (vlan >> 8) as u8 & 0x0f, vlan as u8];

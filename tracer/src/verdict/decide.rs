@@ -149,6 +149,15 @@ fn attempt_outcome<'a>(flow: &Flow, a: &'a Attempt) -> Outcome<'a> {
         if s.is_rejection() {
             return rejected(s);
         }
+        // Delivered to the client's veth is not delivered to its socket: a drop of the reply
+        // inside the client afterwards means the client never got it.
+        if let Some(d) = ss.iter().find(|d| {
+            d.hook == Hook::Drop
+                && d.dir == super::model::Direction::Response
+                && (d.ts, d.order) >= (s.ts, s.order)
+        }) {
+            return Outcome::new(VerdictKind::Dropped, Some(d));
+        }
         let mut o = Outcome::new(positive, Some(s));
         o.truncated = truncated_udp(s);
         return o;
@@ -705,6 +714,19 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
         .filter(|(_, (k, _))| *k != VerdictKind::Unknown && *k != out.kind)
         .map(|(i, (_, s))| format!("attempt #{i} {s}"))
         .collect();
+    // A dropped reply from an address the client did not send to was not reverse-NATed.
+    let reply_from = match (kind, out.at) {
+        (VerdictKind::Dropped, Some(d)) if d.dir == super::model::Direction::Response => {
+            orig.filter(|o| o.ip() != d.src.ip()).map(|o| (d.src, o))
+        }
+        _ => None,
+    };
+    let reply_after_ms = match (kind, out.at) {
+        (VerdictKind::Dropped, Some(d)) if d.dir == super::model::Direction::Response => {
+            Some(ms(d.ts.saturating_sub(start)))
+        }
+        _ => None,
+    };
     let facts = HintFacts {
         window_s: ctx.window_ns as f64 / 1e9,
         other_transport_ok: flow.kind == FlowKind::Dns && lost && recent_ok(pa.proto.other()),
@@ -716,6 +738,8 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
         after_truncation: pa.kind == AttemptKind::Fallback,
         downgraded_from,
         delivery_unobserved: out.unobserved,
+        reply_from,
+        reply_after_ms,
     };
 
     let mut v = Verdict {

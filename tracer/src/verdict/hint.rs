@@ -233,6 +233,15 @@ fn dropped(v: &Verdict) -> String {
     let port = v.server.port;
     let node = &v.node;
     let suffix = retries_suffix(v);
+    if matches!(v.where_.stage, Stage::ClientSocket | Stage::ClientPod)
+        && let Some((from, asked)) = v.facts.reply_from
+    {
+        return format!(
+            "the reply reached {} from {from}, but the client had sent to {asked}: it was not reverse-NATed, so the client's socket did not accept it ({}); the reply took a path that bypassed this node's conntrack (asymmetric routing, a NOTRACK rule, or a server answering from another address){suffix}",
+            client(v),
+            d.reason
+        );
+    }
     match v.where_.stage {
         Stage::Netfilter if req => format!(
             "an iptables/nftables rule (NetworkPolicy?) on node {node} dropped {} from {} to {} {}; look at `iptables-save` (and `nft list ruleset`) for a DROP rule matching {p} {port}{suffix}",
@@ -289,10 +298,20 @@ fn dropped(v: &Verdict) -> String {
             client(v)
         ),
         Stage::ClientSocket if reason.contains("NO_SOCKET") => format!(
-            "the reply from {} arrived after {} closed its socket (port {}): the client gave up before the answer came; check the server's latency and the client's timeout{suffix}",
+            "the reply from {} reached {}{} after the client had closed its socket (port {}): the client gave up before the answer came, so the server is slower than the client's timeout; check the server's latency and load, and the client's timeout{suffix}",
             server(v),
             client(v),
+            v.facts
+                .reply_after_ms
+                .map(|ms| format!(" {ms} ms after the query"))
+                .unwrap_or_default(),
             v.client.port
+        ),
+        Stage::ClientSocket if reason.contains("RCVBUFF") || reason.contains("RCVBUF") => format!(
+            "the reply from {} reached {} but its socket's receive buffer was full ({}): the client does not read its answers fast enough (too many queries in flight on one socket, or a starved process){suffix}",
+            server(v),
+            client(v),
+            d.reason
         ),
         Stage::ServerSocket | Stage::ClientSocket => format!(
             "the {} socket dropped {} ({} at {}): receive buffer full? the process is not reading fast enough (overloaded){suffix}",
@@ -382,16 +401,16 @@ fn lost(v: &Verdict) -> String {
     if v.kind == FlowKind::Egress {
         let what = if p == "TCP" { "SYN" } else { "UDP" };
         let back = if p == "TCP" { "SYN-ACK" } else { "reply" };
-        let check = if branch {
+        let request_side = if branch {
             format!(
-                "check the pod security group egress rules of the branch ENI, route table {} and the NAT gateway",
+                "the pod security group egress rules of the branch ENI, route table {} and the NAT gateway",
                 vlan.map_or("vlanId+100".into(), |n| (u32::from(n) + 100).to_string())
             )
         } else {
-            "check route table / NAT gateway / security group egress rules".into()
+            "the route table, the NAT gateway and the security group egress rules".into()
         };
         return format!(
-            "{what} from {} left via {via_txt} toward {} and no {back} came back within {w}: {check}{suffix}",
+            "{what} from {} left via {via_txt} toward {} and no {back} came back within {w}: the request or its {back} was lost outside this node; check, on the way out, {request_side}, and on the way back the network ACLs (both directions) and the security group ingress rules{suffix}",
             client(v),
             server(v)
         );
@@ -410,15 +429,20 @@ fn lost(v: &Verdict) -> String {
         format!("{p} 53 from {} left", client(v))
     };
     let base = format!(
-        "{lead} node {} via {via_txt} toward {} and no reply came back within {w}{first}",
+        "{lead} node {} via {via_txt} toward {} and no reply came back within {w}{first}: the query or its reply was lost outside this node",
         v.node,
         server(v)
+    );
+    // Only what the evidence supports: from this node a lost query and a lost reply look the
+    // same, so both directions' controls are named.
+    let controls = format!(
+        "check, for the query, that the {sg} allows {p} 53 out to {ip} and the server's security group allows it in; for the reply, that the server side may send it back and that the network ACLs of both subnets allow {p} 53 one way and the ephemeral ports (1024-65535) the other",
+        ip = v.server.ip
     );
     if v.facts.other_transport_ok {
         let other = proto(v).other().upper();
         return format!(
-            "{base}; {other} 53 to the same server succeeds, so {p} 53 is being filtered: check that the {sg} allows {p} 53 to {} (and the server's security group allows it in), and the network ACLs{suffix}",
-            v.server.ip
+            "{base}; {other} 53 with the same server was answered recently, so something filters {p} 53 specifically (a rule that allows only {other}, in either direction): {controls}{suffix}"
         );
     }
     if v.facts.same_transport_ok {
@@ -426,10 +450,7 @@ fn lost(v: &Verdict) -> String {
             "{base}; {p} 53 to the same server was answered recently, so the loss is intermittent: check the ENA allowance counters (`ethtool -S {via}`: pps/conntrack/linklocal_allowance_exceeded) and the server's load{suffix}"
         );
     }
-    format!(
-        "{base}: check that the {sg} allows {p} 53 to {} and the server's security group allows it in, that the network ACLs allow the return path (ephemeral ports 1024-65535), and the route to {}{suffix}",
-        v.server.ip, v.server.ip
-    )
+    format!("{base}: {controls}, and the route to {}{suffix}", v.server.ip)
 }
 
 fn unanswered(v: &Verdict) -> String {

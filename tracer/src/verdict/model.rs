@@ -443,4 +443,8 @@ pub(crate) struct HintFacts {
     pub downgraded_from: Option<VerdictKind>,
     /// The SYN-ACK/answer was seen at the node but its delivery to the client was not observable.
     pub delivery_unobserved: bool,
+    /// A dropped reply came from this address, not from the one the client sent to (second).
+    pub reply_from: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// A dropped reply reached the client's side this long after the request, ms.
+    pub reply_after_ms: Option<f64>,
 }

@@ -558,7 +558,9 @@ cases! {
                 ],
                 &[
                     ("/hint", "UDP 53 from pod 198.18.1.21 left node node-a via eth0 toward CoreDNS replica 198.18.2.30"),
-                    ("/hint", "TCP 53 to the same server succeeds, so UDP 53 is being filtered: check that the node security group allows UDP 53"),
+                    ("/hint", "TCP 53 with the same server was answered recently, so something filters UDP 53 specifically (a rule that allows only TCP, in either direction)"),
+                    // The TCP success never decides the direction: both sides' controls.
+                    ("/hint", "for the reply, that the server side may send it back"),
                 ],
             ),
         ],
@@ -594,7 +596,10 @@ cases! {
                 ("/key", json!("dns:udp:198.18.1.21:40020>198.18.2.30:53#77")),
                 ("/path/1/note", json!("dnat 198.19.0.10→198.18.2.30")),
             ],
-            &[("/hint", "network ACLs allow the return path (ephemeral ports 1024-65535)")],
+            &[
+                ("/hint", "the query or its reply was lost outside this node"),
+                ("/hint", "network ACLs of both subnets allow UDP 53 one way and the ephemeral ports (1024-65535) the other"),
+            ],
         )],
     );
     // Catalogue 5: NetworkPolicy / iptables DROP of the query on node A.
@@ -725,7 +730,7 @@ cases! {
                 ("/path/2/note", json!("retry #1; SYN")),
                 ("/path/2/attempt", json!(1)),
             ],
-            &[("/hint", "SYN from pod 198.18.1.21 left via eth0 toward 203.0.113.80:80 and no SYN-ACK came back within 5 s: check route table / NAT gateway / security group egress rules")],
+            &[("/hint", "SYN from pod 198.18.1.21 left via eth0 toward 203.0.113.80:80 and no SYN-ACK came back within 5 s: the request or its SYN-ACK was lost outside this node; check, on the way out, the route table, the NAT gateway and the security group egress rules, and on the way back the network ACLs (both directions)")],
         )],
     );
     // Catalogue 8: egress with no route: dropped by routing on the node.

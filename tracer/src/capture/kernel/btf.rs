@@ -224,6 +224,7 @@ impl DropReasons {
 
     /// Whether no value is named ([`DropReasons::default`], or BTF whose enum names no core reason).
     #[cfg(test)]
+    #[expect(dead_code, reason = "clippy's len_without_is_empty wants it beside `len`")]
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
