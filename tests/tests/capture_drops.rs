@@ -176,11 +176,19 @@ fn drops_in_the_vpc_are_not_this_nodes() {
     // The kernel did report it, and the daemon counted it as another node's.
     tracer.stop().expect("tracer stops");
     let stderr = tracer.stderr();
-    let skipped = stderr
-        .rsplit("\"drops_other_node\":")
-        .next()
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse::<u64>().ok());
+    // Counted where it is decided: in the kernel (scope map) or, for records that reach
+    // userspace, by the daemon; the last counters line has both.
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("counters"))
+        .unwrap_or_default();
+    let skipped = last
+        .split("\"drops_other_node\":")
+        .skip(1)
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .max();
     assert!(
         skipped.is_some_and(|n| n >= 1),
         "drops_other_node not counted:\n{stderr}"

@@ -72,6 +72,8 @@ fn verdicts_carry_names_and_survive_an_api_outage() {
         &[
             "--window",
             "2s",
+            "--answered",
+            "flows",
             "--kubeconfig",
             &kubeconfig,
             "--node-name",

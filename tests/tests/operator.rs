@@ -126,6 +126,8 @@ fn filtered_live_streams_stalled_client_and_metrics() {
         &[
             "--window",
             "2s",
+            "--answered",
+            "flows",
             "--socket",
             SOCKET,
             "--metrics-addr",

@@ -20,7 +20,8 @@ struct Case {
 }
 
 fn setup(pin: lab::Pin, failures: &[lab::Failure]) -> Case {
-    let (guard, tracer) = lab_with_tracer(pin, failures, &["--window", WINDOW]);
+    let (guard, tracer) =
+        lab_with_tracer(pin, failures, &["--window", WINDOW, "--answered", "flows"]);
     let topo = guard.topology().clone();
     Case {
         _guard: guard,
@@ -85,6 +86,74 @@ fn row01_healthy_local_and_remote_replica() {
     assert_eq!(v["verdict"], "answered", "{v:#}");
     assert_eq!(v["server"]["ip"], lab::COREDNS_B_IP.to_string());
     assert_eq!(v["egress_interface"]["name"], "eth0", "{v:#}");
+}
+
+/// Default output: healthy answers are summarised — one line per client, replica, qtype and
+/// rcode per interval, with the number of answers and their latency — while a failed query in
+/// the same run still gets its own line.
+#[test]
+fn row01_healthy_answers_are_summarised_by_default() {
+    if !privileged() {
+        return;
+    }
+    let (guard, tracer) = lab_with_tracer(
+        lab::Pin::A,
+        &[],
+        &["--window", WINDOW, "--summary-interval", "1s"],
+    );
+    let client = guard
+        .topology()
+        .pod("default", "client")
+        .expect("client")
+        .clone();
+    for _ in 0..5 {
+        assert!(dig(&client.netns, &["@198.19.0.10", NAME]).contains("198.19.0.1"));
+    }
+    assert!(
+        dig(
+            &client.netns,
+            &["@198.19.0.10", "nosuch.default.svc.cluster.local"]
+        )
+        .contains("NXDOMAIN")
+    );
+    let noerror = |v: &Value| {
+        v["record"] == "summary" && v["dns"]["rcode"] == "NOERROR" && v["dns"]["qtype"] == "A"
+    };
+    let first = tracer
+        .wait_for(VERDICT_WAIT, noerror)
+        .unwrap_or_else(|| panic!("no summary line: {:#?}", tracer.lines()));
+    // Give the interval that may still hold some of the answers time to end.
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = tracer.lines();
+    let count: u64 = lines
+        .iter()
+        .filter(|v| noerror(v))
+        .filter_map(|v| v["count"].as_u64())
+        .sum();
+    assert_eq!(count, 5, "five answers in the summaries: {lines:#?}");
+    assert_eq!(first["verdict"], "answered");
+    assert_eq!(first["evidence"], "complete");
+    assert_eq!(first["client"]["ip"], client.ip.to_string());
+    assert_eq!(
+        first["server"]["ip"],
+        lab::COREDNS_A_IP.to_string(),
+        "the replica: {first:#}"
+    );
+    assert!(
+        first["latency_ms"]["p50"].as_f64().is_some_and(|l| l > 0.0),
+        "{first:#}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|v| v["record"] != "summary" && v["verdict"] == "answered"),
+        "no per-query answered lines by default: {lines:#?}"
+    );
+    let nx = lines
+        .iter()
+        .find(|v| v["record"] == "summary" && v["dns"]["rcode"] == "NXDOMAIN")
+        .unwrap_or_else(|| panic!("NXDOMAIN summarised too: {lines:#?}"));
+    assert_eq!(nx["count"], 1);
 }
 
 #[test]

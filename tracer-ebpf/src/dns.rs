@@ -110,7 +110,8 @@ fn eq16(a: &[u8; 16], b: &[u8; 16]) -> bool {
     // SAFETY: both are 16-byte arrays; unaligned reads of two u64 each.
     unsafe {
         let (a, b) = (a.as_ptr().cast::<u64>(), b.as_ptr().cast::<u64>());
-        a.read_unaligned() == b.read_unaligned() && a.add(1).read_unaligned() == b.add(1).read_unaligned()
+        a.read_unaligned() == b.read_unaligned()
+            && a.add(1).read_unaligned() == b.add(1).read_unaligned()
     }
 }
 

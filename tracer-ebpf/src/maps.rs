@@ -176,7 +176,6 @@ pub fn count(idx: u32) {
     }
 }
 
-
 /// Fields of a record besides the packet's own (the tc or drop context adds them).
 pub struct Extra {
     pub header: tracer_common::EventHeader,
@@ -217,4 +216,3 @@ pub unsafe fn fill(ev: *mut tracer_common::PacketEvent, p: &crate::parse::Parsed
         (*ev)._pad = [0; 6];
     }
 }
-

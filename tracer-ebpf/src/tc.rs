@@ -30,8 +30,8 @@ use crate::{
     dns::{self, At, Outcome, Role},
     maps::{EVENTS, Extra, FLOWS, count, count_seen, fill, note_loss, now_ns, submit_flags},
     parse::{
-        ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, PacketReader, Parsed,
-        TCP_ACK, TCP_RST, TCP_SYN, be16, is_icmp_unreachable, parse_ip,
+        ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, PacketReader, Parsed, TCP_ACK,
+        TCP_RST, TCP_SYN, be16, is_icmp_unreachable, parse_ip,
     },
 };
 

@@ -18,8 +18,7 @@ use crate::{lab, tracer::TracerProcess};
 /// Result of one dnsperf run.
 struct Perf {
     qps: f64,
-    lost: u64,
-    sent: u64,
+    completed: u64,
 }
 
 fn dnsperf(ns: &str, seconds: u32) -> Result<Perf> {
@@ -56,11 +55,8 @@ fn dnsperf(ns: &str, seconds: u32) -> Result<Perf> {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
     };
-    let (Some(qps), Some(sent), Some(lost)) = (
-        field("Queries per second"),
-        field("Queries sent"),
-        field("Queries lost"),
-    ) else {
+    let (Some(qps), Some(completed)) = (field("Queries per second"), field("Queries completed"))
+    else {
         bail!(
             "could not read dnsperf output:\n{text}\n{}",
             String::from_utf8_lossy(&out.stderr)
@@ -68,8 +64,7 @@ fn dnsperf(ns: &str, seconds: u32) -> Result<Perf> {
     };
     Ok(Perf {
         qps,
-        lost: lost as u64,
-        sent: sent as u64,
+        completed: completed as u64,
     })
 }
 
@@ -91,8 +86,119 @@ fn usage(pid: u32) -> Option<(f64, u64)> {
     Some((ticks / hz.max(1.0), hwm))
 }
 
-/// Runs the load benchmark for `seconds` per phase and prints the figures.
-pub fn run(seconds: u32) -> Result<()> {
+/// What one tracer-on window produced.
+#[derive(Default)]
+struct OnWindow {
+    perf: Option<Perf>,
+    /// Answers counted by the tracer: summary `count`s plus per-flow `answered` lines.
+    answered: u64,
+    summary_lines: u64,
+    /// Verdicts that rest on the absence of an event, claimed with complete evidence.
+    negative: u64,
+    unknown: u64,
+    other_verdicts: u64,
+    /// tracer CPU seconds during the window and the window's length.
+    cpu_s: f64,
+    wall_s: f64,
+    peak_rss_kib: u64,
+    /// Records the kernel could not hand over (ring full, tables full).
+    kernel_lost: u64,
+}
+
+/// A number from the last `counters` line of the tracer's stderr (first occurrence of `name`).
+fn counter(stderr: &str, name: &str) -> u64 {
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("counters"))
+        .unwrap_or_default();
+    last.split(&format!("\"{name}\":"))
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One tracer-on window: start the tracer, load for `seconds` (stopping the daemon for
+/// `stop_s` seconds in the middle when non-zero), stop it (its last summaries are flushed on
+/// exit), count what it printed.
+fn on_window(ns: &str, seconds: u32, stop_s: u64) -> Result<OnWindow> {
+    let mut tracer = TracerProcess::start(lab::NS_NODE_A, &["--stats-interval", "60s"])?;
+    let pid = tracer.pid();
+    let before = usage(pid).unwrap_or_default();
+    let started = Instant::now();
+    let stopper = (stop_s > 0).then(|| {
+        let pid = libc::pid_t::try_from(pid).unwrap_or(0);
+        let half = Duration::from_secs(u64::from(seconds) / 2);
+        std::thread::spawn(move || {
+            std::thread::sleep(half);
+            // SAFETY: kill(2) on the tracer process this benchmark started.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            std::thread::sleep(Duration::from_secs(stop_s));
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        })
+    });
+    let perf = dnsperf(ns, seconds)?;
+    if let Some(t) = stopper {
+        let _ = t.join();
+    }
+    let wall = started.elapsed();
+    let after = usage(pid).unwrap_or_default();
+    // Queries still open when dnsperf ended get their verdicts on exit.
+    std::thread::sleep(Duration::from_millis(500));
+    tracer.stop()?;
+    let mut w = OnWindow {
+        cpu_s: (after.0 - before.0).max(0.0),
+        wall_s: wall.as_secs_f64(),
+        peak_rss_kib: after.1,
+        ..OnWindow::default()
+    };
+    for v in tracer.lines() {
+        if v["schema"] != "tracer.flow/v1" {
+            continue;
+        }
+        match v["verdict"].as_str() {
+            Some("answered") if v["record"] == "summary" => {
+                w.summary_lines += 1;
+                w.answered += v["count"].as_u64().unwrap_or(0);
+            }
+            Some("answered") => w.answered += 1,
+            Some("unanswered" | "lost_beyond_node") if v["evidence"] == "complete" => {
+                w.negative += 1
+            }
+            Some("unknown") => w.unknown += 1,
+            _ => w.other_verdicts += 1,
+        }
+    }
+    let stderr = tracer.stderr();
+    w.kernel_lost = [
+        "tc_ringbuf_full",
+        "drop_ringbuf_full",
+        "dns_table_full",
+        "dns_key_busy",
+    ]
+    .iter()
+    .map(|n| counter(&stderr, n))
+    .sum::<u64>()
+        + counter(&stderr, "dns_ringbuf_full");
+    w.perf = Some(perf);
+    Ok(w)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Runs the load benchmark: `pairs` tracer-off / tracer-on windows of `seconds` each,
+/// alternating, then one tracer-on window with the daemon stopped (SIGSTOP) for 3 s in the
+/// middle, then the idle cost. Prints the figures.
+pub fn run(seconds: u32, pairs: u32) -> Result<()> {
     let guard = lab::LabGuard::up()?;
     lab::pin(lab::Pin::A)?;
     let client = guard
@@ -101,67 +207,98 @@ pub fn run(seconds: u32) -> Result<()> {
         .context("client pod")?
         .clone();
 
-    let off = dnsperf(&client.netns, seconds)?;
-    let tracer = TracerProcess::start(lab::NS_NODE_A, &["--stats-interval", "1s"])?;
-    let pid = tracer.pid();
-    let before = usage(pid).unwrap_or_default();
-    let started = Instant::now();
-    let on = dnsperf(&client.netns, seconds)?;
-    let wall = started.elapsed();
-    // Let the last windows close so every flow gets its verdict.
-    std::thread::sleep(Duration::from_secs(6));
-    let after = usage(pid).unwrap_or_default();
-    let verdicts = tracer
-        .lines()
-        .iter()
-        .filter(|v| v["schema"] == "tracer.flow/v1")
-        .count();
-    let unknown = tracer
-        .lines()
-        .iter()
-        .filter(|v| v["verdict"] == "unknown")
-        .count();
-    let stderr = tracer.stderr();
-    let last_counters = stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("counters"))
-        .unwrap_or("")
-        .to_owned();
+    println!(
+        "DNS load through the lab (client pod → kube-dns ClusterIP → local unbound), dnsperf -c 4 -q 200, {seconds} s windows, tracer off/on alternating, one run"
+    );
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "window",
+        "qps",
+        "completed",
+        "answered",
+        "summaries",
+        "negative",
+        "unknown",
+        "cpu %",
+        "rss MiB",
+        "k-lost"
+    );
+    let mut ratios = Vec::new();
+    let mut worst_cpu = 0f64;
+    let mut worst_rss = 0u64;
+    let mut mismatch = Vec::new();
+    let mut all_negative = 0u64;
+    let mut all_lost = 0u64;
+    let mut report = |name: &str, w: &OnWindow| -> Result<()> {
+        let p = w.perf.as_ref().context("no dnsperf figures")?;
+        let cpu = 100.0 * w.cpu_s / w.wall_s.max(0.001);
+        println!(
+            "{name:<8} {:>10.0} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8.1} {:>9.1} {:>9}",
+            p.qps,
+            p.completed,
+            w.answered,
+            w.summary_lines,
+            w.negative,
+            w.unknown,
+            cpu,
+            w.peak_rss_kib as f64 / 1024.0,
+            w.kernel_lost
+        );
+        worst_cpu = worst_cpu.max(cpu);
+        worst_rss = worst_rss.max(w.peak_rss_kib);
+        mismatch.push((w.answered as f64 - p.completed as f64).abs() / (p.completed.max(1) as f64));
+        all_negative += w.negative;
+        all_lost += w.kernel_lost;
+        Ok(())
+    };
+    for i in 0..pairs {
+        let off = dnsperf(&client.netns, seconds)?;
+        println!(
+            "{:<8} {:>10.0} {:>10}",
+            format!("off {}", i + 1),
+            off.qps,
+            off.completed
+        );
+        let on = on_window(&client.netns, seconds, 0)?;
+        report(&format!("on {}", i + 1), &on)?;
+        let on_qps = on.perf.as_ref().map_or(0.0, |p| p.qps);
+        ratios.push(on_qps / off.qps.max(1.0));
+    }
+    let stopped = on_window(&client.netns, seconds, 3)?;
+    report("on+stop", &stopped)?;
+
+    // Idle: attached, no load.
+    let tracer = TracerProcess::start(lab::NS_NODE_A, &["--stats-interval", "60s"])?;
+    let before = usage(tracer.pid()).unwrap_or_default();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(20));
+    let after = usage(tracer.pid()).unwrap_or_default();
+    let idle = 100.0 * (after.0 - before.0).max(0.0) / t0.elapsed().as_secs_f64();
     drop(tracer);
     drop(guard);
 
+    let worst_mismatch = mismatch.iter().copied().fold(0.0, f64::max);
+    println!();
     println!(
-        "DNS load through the lab (client pod → kube-dns → local unbound), {seconds} s per phase, one run"
+        "qps on/off: median {:.3} over {} pairs ({})",
+        median(ratios.clone()),
+        ratios.len(),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
-        "{:<14} {:>12} {:>10} {:>10}",
-        "phase", "queries/s", "sent", "lost"
+        "answered (summary counts + per-flow lines) vs dnsperf completed: worst difference {:.4} %",
+        100.0 * worst_mismatch
     );
     println!(
-        "{:<14} {:>12.0} {:>10} {:>10}",
-        "tracer off", off.qps, off.sent, off.lost
+        "kernel records lost: {all_lost}; negative verdicts with complete evidence: {all_negative}"
     );
     println!(
-        "{:<14} {:>12.0} {:>10} {:>10}",
-        "tracer on", on.qps, on.sent, on.lost
-    );
-    println!("throughput ratio on/off: {:.3}", on.qps / off.qps.max(1.0));
-    let cpu = (after.0 - before.0).max(0.0);
-    println!(
-        "tracer CPU: {:.2} s over {:.1} s of load ({:.0}% of one core); peak RSS {} KiB",
-        cpu,
-        wall.as_secs_f64(),
-        100.0 * cpu / wall.as_secs_f64().max(0.001),
-        after.1
-    );
-    println!(
-        "verdict lines: {verdicts} (of which unknown: {unknown}) for {} queries",
-        on.sent
-    );
-    println!(
-        "tracer counters at exit: {}",
-        last_counters.split("counters").last().unwrap_or("").trim()
+        "tracer under load: at most {worst_cpu:.1} % of one core, peak RSS {:.1} MiB; idle: {idle:.2} % of one core",
+        worst_rss as f64 / 1024.0
     );
     Ok(())
 }

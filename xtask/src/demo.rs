@@ -275,6 +275,8 @@ pub fn run() -> Result<()> {
         &[
             "--window",
             "2s",
+            "--answered",
+            "flows",
             "--node-name",
             lab::NODE_A_NAME,
             "--lab-metadata",

@@ -33,9 +33,16 @@ enum Command {
         /// Packets per case (kernel programs).
         #[arg(long, default_value_t = 1_000_000)]
         packets: u32,
-        /// Also run the DNS load benchmark through the lab for this many seconds per phase.
+        /// Also run the DNS load benchmark through the lab: tracer-off and tracer-on windows of
+        /// this many seconds, alternating.
         #[arg(long, value_name = "SECONDS")]
         load: Option<u32>,
+        /// Off/on window pairs of the load benchmark.
+        #[arg(long, default_value_t = 4)]
+        pairs: u32,
+        /// Skip the per-packet benchmark (BPF_PROG_TEST_RUN).
+        #[arg(long)]
+        no_packets: bool,
     },
     /// Static checks: rustfmt, clippy on userspace crates, clippy on the eBPF crate.
     Lint,
@@ -156,7 +163,12 @@ fn main() -> Result<()> {
             test.extend(args.iter().map(String::as_str));
             cargo_test(&test)
         }
-        Command::Bench { packets, load } => {
+        Command::Bench {
+            packets,
+            load,
+            pairs,
+            no_packets,
+        } => {
             cargo(&[
                 "build",
                 "--release",
@@ -166,17 +178,19 @@ fn main() -> Result<()> {
                 "devtools",
             ])?;
             let bin = xtask::tracer::workspace_root().join("target/release/tracer");
-            let status = Process::new(&bin)
-                .args(["bench", "--packets", &packets.to_string()])
-                .status()
-                .with_context(|| format!("running {}", bin.display()))?;
-            if !status.success() {
-                bail!("benchmark failed ({status})");
+            if !no_packets {
+                let status = Process::new(&bin)
+                    .args(["bench", "--packets", &packets.to_string()])
+                    .status()
+                    .with_context(|| format!("running {}", bin.display()))?;
+                if !status.success() {
+                    bail!("benchmark failed ({status})");
+                }
             }
             if let Some(seconds) = load {
                 // SAFETY: plain setenv before any thread is spawned by this process.
                 unsafe { std::env::set_var("TRACER_BIN", &bin) };
-                xtask::bench::run(seconds)?;
+                xtask::bench::run(seconds, pairs)?;
             }
             Ok(())
         }

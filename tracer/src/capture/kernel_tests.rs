@@ -139,7 +139,10 @@ fn healthy_answer_is_summarized_in_the_kernel() {
     assert_eq!((c.dns_tracked, c.dns_summarized, c.dns_records), (1, 1, 0));
     // The entry lingers, delivered, for a drop inside the client right after.
     let after = read_all(&k.tables.dns, 16).expect("table");
-    assert_eq!(after.first().map(|(_, e)| e.state), Some(dns_state::DELIVERED));
+    assert_eq!(
+        after.first().map(|(_, e)| e.state),
+        Some(dns_state::DELIVERED)
+    );
 }
 
 #[test]
@@ -319,10 +322,24 @@ fn egress_first_packets_and_first_replies_only() {
     );
     let out = eth_ipv4(17, &udp(41000, 8125, &[7; 20]));
     let back = reply_ipv4(eth_ipv4(17, &udp(8125, 41000, &[8; 20])));
-    assert_eq!(run(&mut k, TcProgram::PodIn, &out).len(), 1, "first UDP packet");
-    assert!(run(&mut k, TcProgram::PodIn, &out).is_empty(), "later ones aggregated");
-    assert_eq!(run(&mut k, TcProgram::PodOut, &back).len(), 1, "first reply");
-    assert!(run(&mut k, TcProgram::PodOut, &back).is_empty(), "later replies aggregated");
+    assert_eq!(
+        run(&mut k, TcProgram::PodIn, &out).len(),
+        1,
+        "first UDP packet"
+    );
+    assert!(
+        run(&mut k, TcProgram::PodIn, &out).is_empty(),
+        "later ones aggregated"
+    );
+    assert_eq!(
+        run(&mut k, TcProgram::PodOut, &back).len(),
+        1,
+        "first reply"
+    );
+    assert!(
+        run(&mut k, TcProgram::PodOut, &back).is_empty(),
+        "later replies aggregated"
+    );
     assert!(
         run(&mut k, TcProgram::OtherIn, &out).is_empty(),
         "other interfaces ignore UDP"

@@ -210,7 +210,6 @@ pub struct Counters {
     pub dns_key_busy: u64,
 }
 
-
 impl Capture {
     /// Loads the object and every tc program with `cfg`.
     pub fn load(cfg: &LoadConfig) -> Result<Self, CaptureError> {
@@ -325,8 +324,10 @@ impl Capture {
         }
         let wrap = |name: &'static str| move |source| CaptureError::Map { name, source };
         Ok(Tables {
-            dns: HashMap::try_from(take(&mut self.ebpf, "DNS_TABLE")?).map_err(wrap("DNS_TABLE"))?,
-            summary: HashMap::try_from(take(&mut self.ebpf, "SUMMARY")?).map_err(wrap("SUMMARY"))?,
+            dns: HashMap::try_from(take(&mut self.ebpf, "DNS_TABLE")?)
+                .map_err(wrap("DNS_TABLE"))?,
+            summary: HashMap::try_from(take(&mut self.ebpf, "SUMMARY")?)
+                .map_err(wrap("SUMMARY"))?,
             loss: PerCpuArray::try_from(take(&mut self.ebpf, "LOSS")?).map_err(wrap("LOSS"))?,
             control: Array::try_from(take(&mut self.ebpf, "CONTROL")?).map_err(wrap("CONTROL"))?,
             slow_clients: HashMap::try_from(take(&mut self.ebpf, "SLOW_CLIENTS")?)

@@ -26,12 +26,8 @@ use tokio::{
 
 use crate::{
     capture::{
-        Capture, Counters,
-        attach::AttachManager,
-        iface::Classifier,
-        kernel, netns,
-        load::LoadConfig,
-        signals,
+        Capture, Counters, attach::AttachManager, iface::Classifier, kernel, load::LoadConfig,
+        netns, signals,
     },
     cli::RunArgs,
     enrich::{self, MetaCache},
@@ -58,9 +54,10 @@ fn hostname() -> String {
 /// decide flows, write lines.
 const TICK: Duration = Duration::from_millis(100);
 /// Every how many ticks the DNS table is swept and the loss history read.
-const SWEEP_EVERY: u32 = 2;
-/// Margin between the kernel's last touch of an open DNS table entry and the sweeper's first.
-const GRACE: Duration = Duration::from_secs(1);
+const SWEEP_EVERY: u32 = 1;
+/// Margin between the kernel's last touch of an open DNS table entry (window + GRACE / 2) and
+/// the sweeper's first (window + GRACE). A program runs for microseconds.
+const GRACE: Duration = Duration::from_millis(300);
 /// An answer this long after its query is handed over whole (slow answers are interesting, and
 /// this is what lets a client's retry be linked to it).
 const SLOW_ANSWER: Duration = Duration::from_millis(500);

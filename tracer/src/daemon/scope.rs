@@ -71,13 +71,22 @@ impl Scope {
             .chain(self.pods.iter().copied())
             .take(MAX_NAMESPACES)
             .collect();
-        for gone in self.in_kernel.difference(&want).copied().collect::<Vec<_>>() {
+        for gone in self
+            .in_kernel
+            .difference(&want)
+            .copied()
+            .collect::<Vec<_>>()
+        {
             if let Err(err) = map.remove(&gone) {
                 tracing::debug!(%err, netns = gone, "scope map remove");
             }
             self.in_kernel.remove(&gone);
         }
-        for new in want.difference(&self.in_kernel).copied().collect::<Vec<_>>() {
+        for new in want
+            .difference(&self.in_kernel)
+            .copied()
+            .collect::<Vec<_>>()
+        {
             match map.insert(&new, &1, 0) {
                 Ok(()) => {
                     self.in_kernel.insert(new);

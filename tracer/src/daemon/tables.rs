@@ -115,7 +115,11 @@ impl KernelTables {
             Err(err) => {
                 self.stats.read_errors += 1;
                 tracing::warn!(%err, "reading the kernel's loss history");
-                note(now.saturating_sub(history), now, "the kernel's loss history could not be read");
+                note(
+                    now.saturating_sub(history),
+                    now,
+                    "the kernel's loss history could not be read",
+                );
                 return;
             }
         };

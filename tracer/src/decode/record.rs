@@ -320,7 +320,12 @@ mod tests {
         let mut hops = [DnsHop::default(); DNS_MAX_HOPS];
         hops[0] = hop(100, 7, hook::TC_INGRESS, 0);
         hops[1] = hop(150, 9, hook::TC_EGRESS, hop_form::TRANSLATED);
-        hops[2] = hop(900, 9, hook::TC_INGRESS, hop_form::TRANSLATED | hop_form::RESPONSE);
+        hops[2] = hop(
+            900,
+            9,
+            hook::TC_INGRESS,
+            hop_form::TRANSLATED | hop_form::RESPONSE,
+        );
         hops[3] = hop(1000, 7, hook::TC_EGRESS, hop_form::RESPONSE);
         RawDnsRecord {
             header: EventHeader {

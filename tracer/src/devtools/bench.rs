@@ -140,7 +140,9 @@ pub fn main(packets: u32) -> anyhow::Result<()> {
     }
     let counters = capture.counters()?;
     let empty = rows.first().map(|r| r.2).unwrap_or(1.0).max(0.001);
-    println!("BPF_PROG_TEST_RUN, up to {packets} packets per case (ring buffer drained every {BATCH})");
+    println!(
+        "BPF_PROG_TEST_RUN, up to {packets} packets per case (ring buffer drained every {BATCH})"
+    );
     println!(
         "{:<28} {:<14} {:>10} {:>12} {:>10}",
         "case", "program", "ns/packet", "vs empty", "delta ns"

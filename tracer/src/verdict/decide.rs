@@ -149,12 +149,16 @@ fn attempt_outcome<'a>(flow: &Flow, a: &'a Attempt) -> Outcome<'a> {
         if s.is_rejection() {
             return rejected(s);
         }
-        // Delivered to the client's veth is not delivered to its socket: a drop of the reply
-        // inside the client afterwards means the client never got it.
+        // Delivered to the client's veth is not delivered to its socket: a drop of the UDP reply
+        // inside the client afterwards means the client never got it. (TCP retransmits; and a
+        // socket closed with data still queued frees it as QUEUE_PURGE after the client read
+        // what it needed.)
         if let Some(d) = ss.iter().find(|d| {
-            d.hook == Hook::Drop
+            a.proto == Transport::Udp
+                && d.hook == Hook::Drop
                 && d.dir == super::model::Direction::Response
                 && (d.ts, d.order) >= (s.ts, s.order)
+                && !matches!(&d.detail, Detail::Drop(x) if x.reason.contains("QUEUE_PURGE"))
         }) {
             return Outcome::new(VerdictKind::Dropped, Some(d));
         }

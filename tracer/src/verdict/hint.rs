@@ -436,7 +436,7 @@ fn lost(v: &Verdict) -> String {
     // Only what the evidence supports: from this node a lost query and a lost reply look the
     // same, so both directions' controls are named.
     let controls = format!(
-        "check, for the query, that the {sg} allows {p} 53 out to {ip} and the server's security group allows it in; for the reply, that the server side may send it back and that the network ACLs of both subnets allow {p} 53 one way and the ephemeral ports (1024-65535) the other",
+        "check, for the query, that the {sg} allows {p} 53 out to {ip} and the server's security group allows it in; for the reply, that the server side may send it back and that the network ACLs (NACLs) of both subnets allow {p} 53 one way and the ephemeral ports (1024-65535) on the return path",
         ip = v.server.ip
     );
     if v.facts.other_transport_ok {
@@ -450,7 +450,10 @@ fn lost(v: &Verdict) -> String {
             "{base}; {p} 53 to the same server was answered recently, so the loss is intermittent: check the ENA allowance counters (`ethtool -S {via}`: pps/conntrack/linklocal_allowance_exceeded) and the server's load{suffix}"
         );
     }
-    format!("{base}: {controls}, and the route to {}{suffix}", v.server.ip)
+    format!(
+        "{base}: {controls}, and the route to {}{suffix}",
+        v.server.ip
+    )
 }
 
 fn unanswered(v: &Verdict) -> String {

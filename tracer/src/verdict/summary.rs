@@ -295,8 +295,8 @@ impl Summaries {
 }
 
 fn summary(node: &str, group: Group, h: Histogram, start_ns: u64, end_ns: u64) -> Summary {
-    let qtype = (group.qtype != 0)
-        .then(|| hickory_proto::rr::RecordType::from(group.qtype).to_string());
+    let qtype =
+        (group.qtype != 0).then(|| hickory_proto::rr::RecordType::from(group.qtype).to_string());
     Summary {
         schema: SCHEMA,
         record: "summary",

@@ -598,7 +598,7 @@ cases! {
             ],
             &[
                 ("/hint", "the query or its reply was lost outside this node"),
-                ("/hint", "network ACLs of both subnets allow UDP 53 one way and the ephemeral ports (1024-65535) the other"),
+                ("/hint", "network ACLs (NACLs) of both subnets allow UDP 53 one way and the ephemeral ports (1024-65535) on the return path"),
             ],
         )],
     );

@@ -82,7 +82,10 @@ pub struct DropReasons {
     /// Subsystem id to name, without the `SKB_DROP_REASON_SUBSYS_` prefix; not the core (0).
     #[cfg_attr(
         not(test),
-        expect(dead_code, reason = "read by `subsystem`, which only the tests call so far")
+        expect(
+            dead_code,
+            reason = "read by `subsystem`, which only the tests call so far"
+        )
     )]
     subsystems: HashMap<u32, String>,
 }
@@ -224,7 +227,10 @@ impl DropReasons {
 
     /// Whether no value is named ([`DropReasons::default`], or BTF whose enum names no core reason).
     #[cfg(test)]
-    #[expect(dead_code, reason = "clippy's len_without_is_empty wants it beside `len`")]
+    #[expect(
+        dead_code,
+        reason = "clippy's len_without_is_empty wants it beside `len`"
+    )]
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }

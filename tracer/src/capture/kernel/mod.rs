@@ -4,7 +4,6 @@
 //! Everything here parses data the kernel (or a test file) hands us, so nothing panics on bad
 //! input: errors are [`Error`]s naming what was missing, and lookups fall back to a raw value.
 
-
 pub mod btf;
 pub mod ksyms;
 
@@ -169,4 +168,3 @@ pub fn kernel_facts(no_drops: bool) -> (Option<tracer_common::KernelOffsets>, Bo
     };
     (offsets, Box::new(KernelSymbols { reasons, ksyms }))
 }
-

@@ -142,10 +142,16 @@ mod tests {
     fn growth_is_reported_and_a_reset_never_underflows() {
         let mut w = ConntrackWatch::default();
         assert_eq!(w.observe(&[("insert_failed", 5), ("drop", 1)]), None);
-        assert_eq!(w.observe(&[("insert_failed", 7), ("drop", 1)]), Some((2, 0)));
+        assert_eq!(
+            w.observe(&[("insert_failed", 7), ("drop", 1)]),
+            Some((2, 0))
+        );
         // Counters reset (module reloaded): lower values are no growth and no underflow.
         assert_eq!(w.observe(&[("insert_failed", 0), ("drop", 0)]), None);
-        assert_eq!(w.observe(&[("insert_failed", 1), ("drop", 0)]), Some((1, 0)));
+        assert_eq!(
+            w.observe(&[("insert_failed", 1), ("drop", 0)]),
+            Some((1, 0))
+        );
     }
 
     #[test]

@@ -1,0 +1,293 @@
+//! Pod egress: a SYN or first UDP packet opens a flow at the pod veth; the SNATed copy at the
+//! uplink and the replies (before or after SNAT) join it.
+
+use super::super::flow::Attempt;
+use super::super::flow::AttemptKind;
+use super::super::flow::Key;
+use super::super::flow::is_exit;
+use super::super::flow::is_syn;
+use super::super::flow::parse_flags;
+use super::super::flow::tcp;
+use super::super::model::Direction;
+use super::super::model::FlowKind;
+use super::super::model::Transport;
+use super::Assign;
+use super::Correlator;
+use super::Mode;
+use super::NatMatch;
+use super::Routed;
+use super::assign;
+use super::transport;
+use crate::decode::event::Hook;
+use crate::decode::event::IfaceKind;
+use crate::decode::event::PacketEvent;
+use crate::decode::event::Proto;
+
+impl Correlator {
+    pub(super) fn route_egress(&mut self, ev: &PacketEvent, mode: Mode) -> Routed {
+        let Some(t) = transport(ev.proto) else {
+            return Routed::Done;
+        };
+        let flags = parse_flags(ev.tcp_flags.as_deref());
+        if let Some((fid, dir)) = self.find_egress(t, ev, flags) {
+            return self.egress_into(fid, ev, dir, false);
+        }
+        let fwd = Key::Egress {
+            t,
+            client: ev.src,
+            cport: ev.sport,
+            server: ev.dst,
+            sport: ev.dport,
+        };
+        let rev = Key::Egress {
+            t,
+            client: ev.dst,
+            cport: ev.dport,
+            server: ev.src,
+            sport: ev.sport,
+        };
+        if self.is_late(&fwd, ev.ts_ns, Direction::Request)
+            || self.is_late(&rev, ev.ts_ns, Direction::Response)
+        {
+            self.stats.late_events += 1;
+            return Routed::Done;
+        }
+        if ev.hook == Hook::Drop {
+            return Routed::Unmatched;
+        }
+        let opener = match t {
+            Transport::Tcp => is_syn(flags),
+            Transport::Udp => true,
+        };
+        let exit = ev.hook == Hook::Egress && is_exit(ev.iface.kind);
+        if opener && ev.hook == Hook::Ingress && ev.iface.kind == IfaceKind::PodVeth {
+            // Its SNATed copy (port remapped: --random-fully) may have arrived first.
+            if let NatMatch::One(fid) = self.nat_candidate(t, ev, true) {
+                return self.egress_into(fid, ev, Direction::Request, false);
+            }
+            self.open_egress(ev, t, false);
+            return Routed::Done;
+        }
+        if opener && exit {
+            // SNAT with a remapped port: the one pod flow toward the same destination that
+            // has not left yet. When several could be it, wait for the others to be seen
+            // leaving; never guess (a wrong join would credit a reply to the wrong pod).
+            match self.nat_candidate(t, ev, false) {
+                NatMatch::One(fid) => return self.egress_into(fid, ev, Direction::Request, false),
+                NatMatch::Ambiguous if mode != Mode::Expire => return Routed::Unmatched,
+                NatMatch::Ambiguous => self.stats.ambiguous_events += 1,
+                NatMatch::None => {}
+            }
+            // Maybe its pod veth sighting is still on its way; dropped silently if not.
+            self.open_egress(ev, t, true);
+            return Routed::Done;
+        }
+        Routed::Unmatched
+    }
+
+    pub(super) fn find_egress(
+        &self,
+        t: Transport,
+        ev: &PacketEvent,
+        flags: u8,
+    ) -> Option<(u64, Direction)> {
+        let fwd_full = Key::Egress {
+            t,
+            client: ev.src,
+            cport: ev.sport,
+            server: ev.dst,
+            sport: ev.dport,
+        };
+        let fwd_snat = Key::EgressSnat {
+            t,
+            cport: ev.sport,
+            server: ev.dst,
+            sport: ev.dport,
+        };
+        let rev_full = Key::Egress {
+            t,
+            client: ev.dst,
+            cport: ev.dport,
+            server: ev.src,
+            sport: ev.sport,
+        };
+        let rev_snat = Key::EgressSnat {
+            t,
+            cport: ev.dport,
+            server: ev.src,
+            sport: ev.sport,
+        };
+        let syn = t == Transport::Tcp && is_syn(flags);
+        let synack = t == Transport::Tcp && super::super::flow::is_synack(flags);
+        let at_pod = ev.iface.kind == IfaceKind::PodVeth && ev.hook != Hook::Drop;
+        let mut tries: Vec<(Key, Direction)> = Vec::with_capacity(4);
+        if !synack {
+            tries.push((fwd_full, Direction::Request));
+        }
+        if !syn {
+            tries.push((rev_full, Direction::Response));
+        }
+        if !synack {
+            tries.push((fwd_snat, Direction::Request));
+        }
+        if !syn {
+            tries.push((rev_snat, Direction::Response));
+        }
+        tries.into_iter().find_map(|(k, dir)| {
+            let snat = matches!(k, Key::EgressSnat { .. });
+            let fid = *self.index.get(&k)?;
+            let f = self.flows.get(&fid)?;
+            // At a pod veth the pod's own address is visible: a port collision with another
+            // pod's flow is not a match (unless that flow is not attributed yet).
+            if snat && at_pod && !f.provisional {
+                let pod_addr = if dir == Direction::Request {
+                    ev.src
+                } else {
+                    ev.dst
+                };
+                if pod_addr != f.client_ip {
+                    return None;
+                }
+            }
+            Some((fid, dir))
+        })
+    }
+
+    pub(super) fn open_egress(&mut self, ev: &PacketEvent, t: Transport, provisional: bool) {
+        let s = self.sighting(ev, Direction::Request, false);
+        let fid = self.open(FlowKind::Egress, ev.src, None, None, s.ts, provisional);
+        if let Some(flow) = self.flows.get_mut(&fid) {
+            flow.attempts
+                .push(Attempt::new(AttemptKind::First, t, ev.sport, None, s.ts));
+        }
+        if !provisional {
+            self.index_insert(
+                fid,
+                Key::Egress {
+                    t,
+                    client: ev.src,
+                    cport: ev.sport,
+                    server: ev.dst,
+                    sport: ev.dport,
+                },
+            );
+        }
+        self.index_insert(
+            fid,
+            Key::EgressSnat {
+                t,
+                cport: ev.sport,
+                server: ev.dst,
+                sport: ev.dport,
+            },
+        );
+        if let Some(m) = self.by_dst.get_mut(usize::from(provisional)) {
+            m.entry((t, ev.dst, ev.dport)).or_default().push(fid);
+        }
+        if let Some(f) = self.flows.get_mut(&fid) {
+            f.egress_dst = Some((t, ev.dst, ev.dport));
+        }
+        self.add_sighting(fid, 0, s);
+        self.replay_pending(ev.src);
+        self.replay_pending(ev.dst);
+    }
+
+    pub(super) fn egress_into(
+        &mut self,
+        fid: u64,
+        ev: &PacketEvent,
+        dir: Direction,
+        quoted: bool,
+    ) -> Routed {
+        let s = self.sighting(ev, dir, quoted);
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return Routed::Unmatched;
+        };
+        if !quoted && ev.hook != Hook::Drop {
+            // Only the handshake and the first packet per point matter; the rest of a
+            // connection (if the capture reports it) is ignored.
+            let uninteresting = match ev.proto {
+                Proto::Tcp => s.flags & (tcp::SYN | tcp::RST) == 0,
+                _ => flow.attempts.iter().any(|a| {
+                    a.sightings
+                        .iter()
+                        .any(|x| x.same_hop(&s) && !x.duplicate_of(&s))
+                }),
+            };
+            if uninteresting {
+                self.stats.ignored += 1;
+                return Routed::Done;
+            }
+        }
+        let t = flow.attempts.first().map_or(Transport::Tcp, |a| a.proto);
+        let mut attributed = None;
+        if flow.provisional
+            && dir == Direction::Request
+            && !quoted
+            && ev.hook == Hook::Ingress
+            && ev.iface.kind == IfaceKind::PodVeth
+        {
+            flow.provisional = false;
+            flow.client_ip = ev.src;
+            if let Some(a) = flow.attempts.first_mut() {
+                a.port = ev.sport;
+            }
+            attributed = Some(Key::Egress {
+                t,
+                client: ev.src,
+                cport: ev.sport,
+                server: ev.dst,
+                sport: ev.dport,
+            });
+        }
+        let may_create = dir == Direction::Request
+            && !quoted
+            && ev.hook != Hook::Drop
+            && t == Transport::Tcp
+            && is_syn(s.flags);
+        match assign(flow, |_| true, &s, may_create) {
+            Assign::Duplicate => {
+                self.stats.duplicates += 1;
+            }
+            Assign::New if flow.complete_at.is_some() => {
+                // A new connection reusing the tuple after the first one completed.
+                self.stats.ignored += 1;
+            }
+            Assign::New => {
+                let port = flow.attempts.first().map_or(0, |a| a.port);
+                self.add_attempt(fid, AttemptKind::Retry, t, port, None, s);
+            }
+            Assign::Join(i) => {
+                self.add_sighting(fid, i, s);
+            }
+        }
+        if dir == Direction::Request && !quoted && ev.hook == Hook::Egress && is_exit(ev.iface.kind)
+        {
+            // The tuple after SNAT, so the reply to the SNAT port finds the flow; and a SNATed
+            // packet of another flow that was ambiguous until now may be resolved.
+            self.index_insert(
+                fid,
+                Key::EgressSnat {
+                    t,
+                    cport: ev.sport,
+                    server: ev.dst,
+                    sport: ev.dport,
+                },
+            );
+            if !self.flows.get(&fid).is_some_and(|f| f.provisional) {
+                let key = self.flows.get(&fid).and_then(|f| f.egress_dst);
+                self.unlist_nat(fid, key);
+            }
+            self.replay_pending(ev.src);
+            self.replay_pending(ev.dst);
+        }
+        if let Some(k) = attributed {
+            // Attributed now: no longer a provisional NAT candidate.
+            let key = self.flows.get(&fid).and_then(|f| f.egress_dst);
+            self.unlist_nat(fid, key);
+            self.index_insert(fid, k);
+            self.replay_pending(ev.src);
+        }
+        Routed::Done
+    }
+}
