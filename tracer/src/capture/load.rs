@@ -348,6 +348,25 @@ impl Capture {
         })
     }
 
+    /// One counter ([`tracer_common::counter`]) summed over CPUs: one system call.
+    pub fn counter(&self, idx: u32) -> Result<u64, CaptureError> {
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(CaptureError::Missing("COUNTERS"))?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| CaptureError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
+        arr.get(&idx, 0)
+            .map(|v| v.iter().sum())
+            .map_err(|source| CaptureError::Map {
+                name: "COUNTERS",
+                source,
+            })
+    }
+
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> Result<Counters, CaptureError> {
         let map = self
@@ -457,8 +476,10 @@ pub fn take_entry<K: aya::Pod, V: aya::Pod>(
     }
 }
 
-/// Every entry of a hash map, read with `BPF_MAP_LOOKUP_BATCH` (one system call per
-/// [`BATCH`] entries; aya offers only one lookup per entry). At most `limit` entries.
+/// Every entry of a hash map, read with `BPF_MAP_LOOKUP_BATCH` (one system call per batch;
+/// aya offers only one lookup per entry). Batches start small — the kernel allocates a buffer
+/// for a whole batch on every call, and the tables are nearly empty most of the time — and grow
+/// up to [`MAX_BATCH`] while they come back full. At most `limit` entries.
 pub fn read_all<K: aya::Pod, V: aya::Pod>(
     map: &HashMap<MapData, K, V>,
     limit: usize,
@@ -481,8 +502,9 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let fd = u32::try_from(map.map().fd().as_fd().as_raw_fd()).unwrap_or(u32::MAX);
     let mut out = Vec::new();
-    let mut keys: Vec<K> = Vec::with_capacity(BATCH);
-    let mut values: Vec<V> = Vec::with_capacity(BATCH);
+    let mut batch = MIN_BATCH;
+    let mut keys: Vec<K> = Vec::with_capacity(MAX_BATCH);
+    let mut values: Vec<V> = Vec::with_capacity(MAX_BATCH);
     // The hash map's batch token is a bucket number (u32); a u64 leaves room.
     let mut token_in: u64 = 0;
     let mut token_out: u64 = 0;
@@ -497,13 +519,13 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(
             out_batch: std::ptr::from_mut(&mut token_out) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: BATCH as u32,
+            count: batch as u32,
             map_fd: fd,
             elem_flags: 0,
             flags: 0,
         };
-        // SAFETY: the key and value buffers have room for BATCH elements of the map's sizes
-        // (K and V are its Pod types); the tokens are 8 bytes; all outlive the call.
+        // SAFETY: the key and value buffers have room for MAX_BATCH ≥ `batch` elements of the
+        // map's sizes (K and V are its Pod types); the tokens are 8 bytes; all outlive the call.
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -513,7 +535,15 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(
             )
         };
         let err = (ret != 0).then(std::io::Error::last_os_error);
-        let n = (attr.count as usize).min(BATCH);
+        let n = (attr.count as usize).min(batch);
+        match &err {
+            // A bucket holds more entries than the batch: retry the same place, bigger.
+            Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && batch < MAX_BATCH => {
+                batch = MAX_BATCH;
+                continue;
+            }
+            _ => {}
+        }
         // SAFETY: the kernel wrote `n` whole keys and values (any bytes are valid Pod values).
         unsafe {
             keys.set_len(n);
@@ -529,12 +559,17 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(
             out.truncate(limit);
             break;
         }
+        if n == batch {
+            batch = (batch * 4).min(MAX_BATCH);
+        }
         token_in = token_out;
         first = false;
     }
     Ok(out)
 }
 
-/// Entries per `BPF_MAP_LOOKUP_BATCH` call (a hash bucket holding more than this makes the
-/// kernel answer ENOSPC; buckets hold a handful).
-pub const BATCH: usize = 512;
+/// First batch size of [`read_all`].
+pub const MIN_BATCH: usize = 32;
+/// Largest batch of [`read_all`] (a hash bucket holding more than this makes the kernel
+/// answer ENOSPC; buckets hold a handful).
+pub const MAX_BATCH: usize = 1024;

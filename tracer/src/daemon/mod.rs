@@ -201,7 +201,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 drain(&mut ring, &mut p, &mgr, &scope);
                 ticks = ticks.wrapping_add(1);
                 if ticks.is_multiple_of(SWEEP_EVERY) {
-                    sweep(&mut kt, &mut p, &mgr, &scope, now);
+                    sweep(&mut kt, &mut p, &capture, &mgr, &scope, now);
                 }
                 p.poll(now);
                 if let Some((start, end)) = kt.collect(&mut p.summaries) {
@@ -255,7 +255,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let now = mono_ns();
     drain(&mut ring, &mut p, &mgr, &scope);
-    sweep(&mut kt, &mut p, &mgr, &scope, now);
+    sweep(&mut kt, &mut p, &capture, &mgr, &scope, now);
     if let Some((start, end)) = kt.collect(&mut p.summaries) {
         p.emit_summaries(start, end);
     }
@@ -283,10 +283,21 @@ fn drain(
 
 /// Reads the kernel's loss history, then sweeps the DNS table (after a drain: see
 /// [`tables`]).
-fn sweep(kt: &mut KernelTables, p: &mut Pipeline, mgr: &AttachManager, scope: &Scope, now: u64) {
+fn sweep(
+    kt: &mut KernelTables,
+    p: &mut Pipeline,
+    capture: &Capture,
+    mgr: &AttachManager,
+    scope: &Scope,
+    now: u64,
+) {
     kt.read_losses(now, |from, to, what| p.note_loss_span(from, to, what));
+    // Unreadable: sweep anyway (u64::MAX never equals the last count).
+    let opened = capture
+        .counter(tracer_common::counter::DNS_TRACKED)
+        .unwrap_or(u64::MAX);
     let mut losses = Vec::new();
-    let swept = kt.sweep(now, |t, what| losses.push((t, what.to_owned())));
+    let swept = kt.sweep(now, opened, |t, what| losses.push((t, what.to_owned())));
     for (t, what) in losses {
         p.correlator.note_loss(t, &what);
     }

@@ -51,6 +51,8 @@ pub struct SweepStats {
 const MAX_SNAPSHOTS: usize = 65_536;
 /// Most entries read from the DNS table per sweep.
 const MAX_SWEEP: usize = 1 << 20;
+/// Sweep interval while the table holds nothing open and nothing new was opened, ns.
+pub const IDLE_SWEEP_NS: u64 = 2_000_000_000;
 
 /// The kernel tables and what the daemon remembers about them.
 pub struct KernelTables {
@@ -67,6 +69,9 @@ pub struct KernelTables {
     last_loss_read: Option<u64>,
     snapshots: HashSet<(DnsKey, u64)>,
     slow: HashMap<[u8; 16], u64>,
+    /// The kernel's count of opened entries at the last full sweep, and whether that sweep
+    /// left anything to come back for; when neither changed, sweeps are spaced out.
+    last_sweep: Option<(u64, bool, u64)>,
     /// Counters.
     pub stats: SweepStats,
 }
@@ -85,6 +90,7 @@ impl KernelTables {
             last_loss_read: None,
             snapshots: HashSet::new(),
             slow: HashMap::new(),
+            last_sweep: None,
             stats: SweepStats::default(),
         }
     }
@@ -146,7 +152,18 @@ impl KernelTables {
     /// Sweeps the DNS table: hands over entries whose window is over, entries whose record
     /// could not be emitted, and (once) slow open entries; frees idle streaming entries; keeps
     /// the slow-client list. `loss` is called for what could not be kept.
-    pub fn sweep(&mut self, now: u64, mut loss: impl FnMut(u64, &str)) -> Vec<Swept> {
+    ///
+    /// Reading the table costs time in proportion to its capacity (the kernel walks every
+    /// bucket), so when no entry was opened since the last sweep (`opened`, the kernel's
+    /// count) and that sweep found nothing open, the next one waits [`IDLE_SWEEP_NS`].
+    pub fn sweep(&mut self, now: u64, opened: u64, mut loss: impl FnMut(u64, &str)) -> Vec<Swept> {
+        if let Some((before, pending, at)) = self.last_sweep
+            && before == opened
+            && !pending
+            && now.saturating_sub(at) < IDLE_SWEEP_NS
+        {
+            return Vec::new();
+        }
         let entries = match read_all(&self.t.dns, MAX_SWEEP) {
             Ok(e) => e,
             Err(err) => {
@@ -160,6 +177,11 @@ impl KernelTables {
         let slow_after = self.cfg.slow_ns.saturating_add(self.period_ns);
         let mut out = Vec::new();
         let mut present = HashSet::with_capacity(entries.len());
+        // Anything that is not a quietly lingering delivered entry brings the next sweep back.
+        let pending = entries
+            .iter()
+            .any(|(_, e)| e.state != dns_state::DELIVERED || e.flags & dns_flags::UNSENT != 0);
+        self.last_sweep = Some((opened, pending, now));
         for (key, e) in entries {
             present.insert((key, e.first_ns));
             let age = now.saturating_sub(e.first_ns);

@@ -2060,3 +2060,115 @@ fn print_hints() {
         }
     }
 }
+
+// ----- the honesty invariant, under random traffic and random loss -----
+
+mod honesty {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One generated query: when it starts, whether its answer came back (the truth), and
+    /// which of its sightings the "kernel" lost.
+    #[derive(Clone, Debug)]
+    struct Q {
+        start_ms: f64,
+        answered: bool,
+        latency_ms: f64,
+        lost: [bool; 4],
+        /// Loss noticed this long after it happened (the daemon reads the history late).
+        notice_delay_ms: f64,
+    }
+
+    fn query() -> impl Strategy<Value = Q> {
+        (
+            0.0f64..20_000.0,
+            any::<bool>(),
+            0.1f64..4_000.0,
+            proptest::array::uniform4(proptest::bool::weighted(0.15)),
+            0.0f64..900.0,
+        )
+            .prop_map(
+                |(start_ms, answered, latency_ms, lost, notice_delay_ms)| Q {
+                    start_ms,
+                    answered,
+                    latency_ms,
+                    lost,
+                    notice_delay_ms,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// No verdict that rests on the absence of an event (`lost_beyond_node`,
+        /// `unanswered`) is claimed with complete evidence for a query whose answer did come
+        /// back, whatever was lost; and a query nothing was lost of gets the true verdict.
+        #[test]
+        fn no_negative_verdict_for_an_answered_query(qs in proptest::collection::vec(query(), 1..40)) {
+            let mut events: Vec<(u64, Option<PacketEvent>, Option<String>)> = Vec::new();
+            let at = |ms: f64| BASE + (ms * 1e6).round() as u64;
+            for (i, q) in qs.iter().enumerate() {
+                let port = 20_000 + i as u16;
+                let id = i as u16;
+                let rc = q.answered.then_some("NOERROR");
+                let mut evs = remote_query(q.start_ms, port, id, rc);
+                if q.answered {
+                    // Move the answer to the generated latency.
+                    for (k, e) in evs.iter_mut().enumerate().skip(2) {
+                        e.ts_ns = at(q.start_ms + q.latency_ms + k as f64 * 0.05);
+                    }
+                }
+                for (k, e) in evs.into_iter().enumerate() {
+                    if q.lost.get(k).copied().unwrap_or(false) {
+                        // Lost where it happened; noticed a little later.
+                        let noticed = e.ts_ns + (q.notice_delay_ms * 1e6) as u64;
+                        events.push((noticed, None, Some(format!("lost at {}", e.ts_ns))));
+                        events.push((e.ts_ns, None, None));
+                        let lost_at = e.ts_ns;
+                        events.push((noticed, None, Some(lost_at.to_string())));
+                    } else {
+                        events.push((e.ts_ns, Some(e), None));
+                    }
+                }
+            }
+            events.sort_by_key(|(t, _, _)| *t);
+            let mut cfg = Config::new("node-a");
+            cfg.loss_margin = std::time::Duration::from_millis(1000);
+            let mut c = Correlator::new(cfg);
+            let mut out = Vec::new();
+            let mut next_poll = BASE;
+            for (t, ev, loss) in &events {
+                while next_poll + 100_000_000 <= *t {
+                    next_poll += 100_000_000;
+                    out.extend(c.poll(next_poll));
+                }
+                match (ev, loss) {
+                    (Some(e), _) => c.observe(e),
+                    (None, Some(what)) => {
+                        if let Ok(lost_at) = what.parse::<u64>() {
+                            // The kernel's slot: the loss happened in [lost_at - 250 ms, lost_at].
+                            c.note_loss_span(lost_at.saturating_sub(250_000_000), lost_at, "test");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.extend(c.poll(at(60_000.0)));
+            out.extend(c.flush());
+            for v in &out {
+                let port = v.client.port;
+                let Some(q) = port.checked_sub(20_000).and_then(|i| qs.get(usize::from(i))) else {
+                    continue;
+                };
+                if v.verdict.is_negative() && v.evidence == Evidence::Complete {
+                    prop_assert!(!q.answered, "false {:?} for answered query {q:?}: {v:#?}", v.verdict);
+                }
+                if !q.lost.iter().any(|l| *l) && v.evidence == Evidence::Complete {
+                    let want = if q.answered { VerdictKind::Answered } else { VerdictKind::LostBeyondNode };
+                    prop_assert_eq!(v.verdict, want, "query {:?}", q);
+                }
+            }
+        }
+    }
+}

@@ -1,28 +1,13 @@
 //! DNS queries: finding a query's flow by client socket and id (which DNAT does not change),
 //! linking retries and the TCP fallback, opening new queries.
 
-use super::super::flow::Attempt;
-use super::super::flow::AttemptKind;
-use super::super::flow::Flow;
-use super::super::flow::Key;
-use super::super::flow::is_syn;
-use super::super::flow::parse_flags;
-use super::super::flow::tcp;
-use super::super::model::Direction;
-use super::super::model::FlowKind;
-use super::super::model::Transport;
-use super::Assign;
-use super::Correlator;
-use super::Found;
-use super::Mode;
-use super::Routed;
-use super::assign;
-use super::qhash;
-use super::transport;
-use crate::decode::event::DnsInfo;
-use crate::decode::event::Hook;
-use crate::decode::event::PacketEvent;
 use std::net::IpAddr;
+
+use crate::decode::event::{DnsInfo, Hook, PacketEvent};
+
+use super::super::flow::{Attempt, AttemptKind, Flow, Key, MAX_ATTEMPTS, is_syn, parse_flags, tcp};
+use super::super::model::{Direction, FlowKind, Transport};
+use super::{Assign, Correlator, Found, MIN_RETRY_GAP_NS, Mode, Routed, assign, qhash, transport};
 
 impl Correlator {
     pub(super) fn route_dns(&mut self, ev: &PacketEvent, mode: Mode) -> Routed {
@@ -187,12 +172,22 @@ impl Correlator {
             && f.complete_at.is_none()
             && same_question(f)
         {
-            let kind = if t == Transport::Tcp && f.awaiting_fallback {
-                AttemptKind::Fallback
-            } else {
-                AttemptKind::Retry
-            };
-            return Some((fid, kind));
+            if t == Transport::Tcp && f.awaiting_fallback {
+                return Some((fid, AttemptKind::Fallback));
+            }
+            // A retry follows a timeout: the same question asked again right away, or by a
+            // flow that already holds every attempt it can follow, is another query (several
+            // threads of an application resolving one name at once), not a retry; linking it
+            // would hide its own answer.
+            let latest = f
+                .attempts
+                .iter()
+                .map(|a| a.start_ts)
+                .max()
+                .unwrap_or(f.first_ts);
+            if ts >= latest.saturating_add(MIN_RETRY_GAP_NS) && f.attempts.len() < MAX_ATTEMPTS {
+                return Some((fid, AttemptKind::Retry));
+            }
         }
         if t == Transport::Tcp
             && (dns.is_some() || is_syn(flags))

@@ -1,27 +1,11 @@
 //! Pod egress: a SYN or first UDP packet opens a flow at the pod veth; the SNATed copy at the
 //! uplink and the replies (before or after SNAT) join it.
 
-use super::super::flow::Attempt;
-use super::super::flow::AttemptKind;
-use super::super::flow::Key;
-use super::super::flow::is_exit;
-use super::super::flow::is_syn;
-use super::super::flow::parse_flags;
-use super::super::flow::tcp;
-use super::super::model::Direction;
-use super::super::model::FlowKind;
-use super::super::model::Transport;
-use super::Assign;
-use super::Correlator;
-use super::Mode;
-use super::NatMatch;
-use super::Routed;
-use super::assign;
-use super::transport;
-use crate::decode::event::Hook;
-use crate::decode::event::IfaceKind;
-use crate::decode::event::PacketEvent;
-use crate::decode::event::Proto;
+use crate::decode::event::{Hook, IfaceKind, PacketEvent, Proto};
+
+use super::super::flow::{Attempt, AttemptKind, Key, is_exit, is_syn, parse_flags, tcp};
+use super::super::model::{Direction, FlowKind, Transport};
+use super::{Assign, Correlator, Mode, NatMatch, Routed, assign, transport};
 
 impl Correlator {
     pub(super) fn route_egress(&mut self, ev: &PacketEvent, mode: Mode) -> Routed {

@@ -1,14 +1,10 @@
 //! ICMP errors: matched to the flow of the packet they quote.
 
-use super::super::flow::Key;
-use super::super::model::Direction;
-use super::super::model::Transport;
-use super::Correlator;
-use super::Found;
-use super::Mode;
-use super::Routed;
-use super::is_dns;
 use crate::decode::event::PacketEvent;
+
+use super::super::flow::Key;
+use super::super::model::{Direction, Transport};
+use super::{Correlator, Found, Mode, Routed, is_dns};
 
 impl Correlator {
     pub(super) fn route_icmp(&mut self, ev: &PacketEvent, _mode: Mode) -> Routed {

@@ -36,6 +36,10 @@ const RECENT_HORIZON_NS: u64 = 300_000_000_000;
 const MAX_LIFETIME_WINDOWS: u64 = 4;
 /// A pod's packet and its SNATed copy at the uplink are this close in time at most, ns.
 const MAX_NAT_DELAY_NS: u64 = 1_000_000_000;
+/// A client's retry comes after a timeout: the same question asked again sooner than this is
+/// another query, ns (resolvers time out after a second or more; 250 ms leaves room for the
+/// fastest).
+const MIN_RETRY_GAP_NS: u64 = 250_000_000;
 /// Losses remembered (oldest forgotten first; also pruned by age in `prune`).
 const MAX_LOSSES: usize = 4096;
 

@@ -1,15 +1,13 @@
 //! SNAT with remapped ports (`--random-fully`): pairing a pod's packet with its SNATed copy
 //! at the uplink by destination and time, never guessing between candidates.
 
-use super::super::flow::is_exit;
-use super::super::model::Direction;
-use super::super::model::Transport;
-use super::Correlator;
-use super::MAX_NAT_DELAY_NS;
-use super::NatMatch;
-use crate::decode::event::Hook;
-use crate::decode::event::PacketEvent;
 use std::net::IpAddr;
+
+use crate::decode::event::{Hook, PacketEvent};
+
+use super::super::flow::is_exit;
+use super::super::model::{Direction, Transport};
+use super::{Correlator, MAX_NAT_DELAY_NS, NatMatch};
 
 impl Correlator {
     /// The egress flow toward `ev`'s destination that `ev` is the other half of, across a

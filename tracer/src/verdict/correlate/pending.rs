@@ -1,14 +1,11 @@
 //! Events that match no flow yet wait here briefly (slightly out-of-order sightings), then
 //! are retried, opened or counted.
 
-use super::Correlator;
-use super::MAX_PENDING;
-use super::Mode;
-use super::Routed;
-use super::is_dns;
-use crate::decode::event::Hook;
-use crate::decode::event::PacketEvent;
 use std::net::IpAddr;
+
+use crate::decode::event::{Hook, PacketEvent};
+
+use super::{Correlator, MAX_PENDING, Mode, Routed, is_dns};
 
 impl Correlator {
     pub(super) fn push_pending(&mut self, ev: &PacketEvent) {

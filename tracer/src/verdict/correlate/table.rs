@@ -1,35 +1,19 @@
 //! The flow table itself: opening flows and attempts, adding sightings, scheduling decisions,
 //! indexes and tombstones, and closing a flow into its verdict.
 
-use super::super::decide;
-use super::super::decide::Closing;
-use super::super::decide::Ctx;
-use super::super::decide::Recent;
-use super::super::decide::RecentKey;
-use super::super::flow::Attempt;
-use super::super::flow::AttemptKind;
-use super::super::flow::Detail;
-use super::super::flow::Flow;
-use super::super::flow::Key;
-use super::super::flow::MAX_ATTEMPTS;
-use super::super::flow::MAX_DETAILED_ATTEMPTS;
-use super::super::flow::Sighting;
-use super::super::model::Direction;
-use super::super::model::FlowKind;
-use super::super::model::Transport;
-use super::super::model::Verdict;
-use super::super::model::VerdictKind;
-use super::Assign;
-use super::Correlator;
-use super::MAX_LIFETIME_WINDOWS;
-use super::MAX_RECENT;
-use super::RECENT_HORIZON_NS;
-use super::Tomb;
-use super::qhash;
-use crate::decode::event::Hook;
 use std::cmp::Reverse;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use crate::decode::event::Hook;
+
+use super::super::decide;
+use super::super::decide::{Closing, Ctx, Recent, RecentKey};
+use super::super::flow::{
+    Attempt, AttemptKind, Detail, Flow, Key, MAX_ATTEMPTS, MAX_DETAILED_ATTEMPTS, Sighting,
+};
+use super::super::model::{Direction, FlowKind, Transport, Verdict, VerdictKind};
+use super::{Assign, Correlator, MAX_LIFETIME_WINDOWS, MAX_RECENT, RECENT_HORIZON_NS, Tomb, qhash};
 
 impl Correlator {
     /// Creates an empty flow (evicting the oldest if the table is full).
