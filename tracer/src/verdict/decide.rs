@@ -276,6 +276,21 @@ fn short_outcome(o: &Outcome<'_>) -> String {
     }
 }
 
+/// True when attempt `j`'s outcome cannot change any more: it was answered, dropped or
+/// rejected (a waiting attempt may still get its answer).
+pub fn attempt_is_final(flow: &Flow, j: usize) -> bool {
+    flow.attempts.get(j).is_some_and(|a| {
+        a.folded.is_some()
+            || matches!(
+                attempt_outcome(flow, a).kind,
+                VerdictKind::Answered
+                    | VerdictKind::Established
+                    | VerdictKind::Dropped
+                    | VerdictKind::Rejected
+            )
+    })
+}
+
 /// Outcome and one-line summary of attempt `j` (used when its sightings are folded away).
 pub fn attempt_summary(flow: &Flow, j: usize) -> (VerdictKind, String) {
     match flow.attempts.get(j) {

@@ -23,8 +23,9 @@ use super::model::{ClientSide, Direction, FlowKind, Transport, VerdictKind};
 /// Attempts (first query + retries + TCP fallback) tracked per flow; later retries are only
 /// counted (their packets are not matched).
 pub const MAX_ATTEMPTS: usize = 8;
-/// Attempts that keep their sightings; older ones (except the first) are folded into a
-/// one-line summary when a newer one arrives.
+/// Attempts that keep their sightings; older ones (except the first) whose outcome is final
+/// are folded into a one-line summary when a newer one arrives (attempts still waiting keep
+/// theirs, so at most [`MAX_ATTEMPTS`] do).
 pub const MAX_DETAILED_ATTEMPTS: usize = 4;
 /// Sightings kept per attempt; more are counted in `path_omitted`.
 pub const MAX_SIGHTINGS_PER_ATTEMPT: usize = 8;

@@ -1838,6 +1838,60 @@ fn docs_examples_are_current() {
             );
         }
     }
+    // The summary line of healthy answers (the default output for them).
+    {
+        use super::summary::{Group, Summaries};
+        use crate::decode::record::Origin;
+        let mut sums = Summaries::default();
+        let mut buckets = [0u32; tracer_common::LATENCY_BUCKETS];
+        for (lat_ns, n) in [(300_000u64, 900u32), (1_200_000, 95), (40_000_000, 5)] {
+            buckets[tracer_common::latency_bucket(lat_ns)] += n;
+        }
+        let sum_ns = 300_000 * 900 + 1_200_000 * 95 + 40_000_000 * 5;
+        sums.add(
+            Group {
+                client: "198.18.1.21".parse().unwrap(),
+                server: "198.18.1.30".parse().unwrap(),
+                qtype: 1,
+                rcode: 0,
+                origin: Origin::Pod,
+            },
+            1000,
+            sum_ns,
+            &buckets,
+        );
+        let mut line = sums.take("node-a", 1_001_000_000_000, 1_011_000_000_000).remove(0);
+        line.time = Some("2026-11-24T02:10:00.000000Z".into());
+        line.end_time = Some("2026-11-24T02:10:10.000000Z".into());
+        line.enrichment = Some("ready".into());
+        line.client.meta = PodMeta {
+            pod: Some("checkout-6c9f8d7b5-q2w4e".into()),
+            namespace: Some("shop".into()),
+            workload: Some("Deployment/checkout".into()),
+            node: Some("node-a".into()),
+        };
+        line.server.service = Some("kube-system/kube-dns".into());
+        line.server.meta = PodMeta {
+            pod: Some("coredns-5d78c9869d-k8s2p".into()),
+            namespace: Some("kube-system".into()),
+            workload: Some("Deployment/coredns".into()),
+            node: Some("node-a".into()),
+        };
+        line.hint = super::hint::summary(&line);
+        let pretty = serde_json::to_string_pretty(&line).unwrap() + "\n";
+        check_schema(&serde_json::to_value(&line).unwrap());
+        let path = dir.join("answered-summary.json");
+        if update {
+            std::fs::write(&path, &pretty).unwrap();
+        } else {
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap_or_default(),
+                pretty,
+                "{} is stale (run with TRACER_UPDATE_EXAMPLES=1)",
+                path.display()
+            );
+        }
+    }
     let path = dir.join("flows.jsonl");
     if update {
         std::fs::write(&path, &lines).unwrap();
@@ -2096,6 +2150,38 @@ mod honesty {
                     notice_delay_ms,
                 },
             )
+    }
+
+    /// Regression (found by the property below): five concurrent queries for one name from
+    /// one client, two of them answered.
+    #[test]
+    fn concurrent_same_name_queries_keep_their_answers() {
+        let qs = [(0.0, None), (2056.6, None), (3196.1, Some(1401.4)), (1170.8, Some(2326.9)), (2632.5, None)];
+        let mut evs = Vec::new();
+        for (i, (start, ans)) in qs.iter().enumerate() {
+            let port = 20_000 + i as u16;
+            let mut v = remote_query(*start, port, i as u16, ans.map(|_| "NOERROR"));
+            if let Some(lat) = ans {
+                for (k, e) in v.iter_mut().enumerate().skip(2) {
+                    e.ts_ns = BASE + ((start + lat + k as f64 * 0.05) * 1e6) as u64;
+                }
+            }
+            evs.extend(v);
+        }
+        evs.sort_by_key(|e| e.ts_ns);
+        let steps: Vec<Step> = evs.into_iter().map(Step::Ev).collect();
+        let (out, _) = run_steps(Config::new("node-a"), &steps, 60_000.0, true);
+        assert!(!out.is_empty());
+        for v in &out {
+            assert!(
+                !v.verdict.is_negative(),
+                "answers came back, yet {:?} for port {}: {:#?}",
+                v.verdict,
+                v.client.port,
+                v.path
+            );
+        }
+        assert!(out.iter().any(|v| v.verdict == VerdictKind::Answered));
     }
 
     proptest! {

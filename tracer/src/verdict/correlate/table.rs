@@ -125,16 +125,16 @@ impl Correlator {
         }
         flow.attempts.push(Attempt::new(kind, t, port, id, s.ts));
         let i = flow.attempts.len() - 1;
-        // Fold the oldest detailed attempt after the first one.
+        // Fold the oldest detailed attempt after the first one whose outcome can no longer
+        // change (answered, dropped, rejected). An attempt still waiting keeps its sightings:
+        // its answer may yet come (folding it would throw that answer away).
         let detailed = flow.attempts.iter().filter(|a| a.folded.is_none()).count();
         if detailed > MAX_DETAILED_ATTEMPTS
-            && let Some(j) = flow
-                .attempts
-                .iter()
-                .skip(1)
-                .position(|a| a.folded.is_none())
-                .map(|p| p + 1)
-            && j != i
+            && let Some(j) = (1..flow.attempts.len()).find(|&j| {
+                j != i
+                    && flow.attempts.get(j).is_some_and(|a| a.folded.is_none())
+                    && decide::attempt_is_final(flow, j)
+            })
         {
             let summary = decide::attempt_summary(flow, j);
             if let Some(a) = flow.attempts.get_mut(j) {
