@@ -14,7 +14,7 @@ use crate::{
     },
     decode::{
         self, NoSymbols, Record,
-        event::{Hook, PacketEvent, Proto},
+        event::{Hook, IcmpKind, PacketEvent, Proto, Rcode, TcpFlags},
         record::{DnsFlowRecord, Why},
     },
     devtools::packets::*,
@@ -169,7 +169,7 @@ fn answered_flows_hand_every_query_over_whole() {
     );
     let d = a.dns.as_ref().expect("dns");
     assert!(d.response);
-    assert_eq!(d.rcode.as_deref(), Some("NOERROR"));
+    assert_eq!(d.rcode, Some(Rcode::NOERROR));
     assert_eq!(d.answers, 1);
     assert_eq!(
         d.qname.as_deref(),
@@ -278,7 +278,7 @@ fn icmp_port_unreachable_goes_into_the_tracked_query() {
     assert_eq!(r.why, Why::Icmp);
     let icmp = r.events.last().expect("sightings");
     assert_eq!(icmp.proto, Proto::Icmp);
-    assert_eq!(icmp.icmp.as_deref(), Some("port_unreachable"));
+    assert_eq!(icmp.icmp, Some(IcmpKind::PortUnreachable));
     assert_eq!(
         (icmp.src.to_string(), icmp.sport, icmp.dport),
         ("198.18.1.21".into(), 40000, 53)
@@ -317,8 +317,8 @@ fn egress_first_packets_and_first_replies_only() {
         &eth_ipv4(6, &tcp(40000, 443, 0x02, &[])),
     );
     assert_eq!(
-        packets(&syn).first().and_then(|e| e.tcp_flags.as_deref()),
-        Some("SYN")
+        packets(&syn).first().and_then(|e| e.tcp_flags),
+        Some(TcpFlags(TcpFlags::SYN))
     );
     let out = eth_ipv4(17, &udp(41000, 8125, &[7; 20]));
     let back = reply_ipv4(eth_ipv4(17, &udp(8125, 41000, &[8; 20])));

@@ -9,7 +9,7 @@ use hickory_proto::{
     serialize::binary::{BinDecodable as _, BinDecoder},
 };
 
-use crate::decode::event::DnsInfo;
+use crate::decode::event::{DnsInfo, QType, Rcode};
 
 const HEADER_LEN: usize = 12;
 
@@ -19,24 +19,6 @@ pub enum DnsError {
     /// Fewer than 12 bytes: not even a header.
     #[error("DNS message shorter than its 12-byte header ({0} bytes)")]
     Short(usize),
-}
-
-/// Name of a DNS response code (RFC 1035 / 6895), `RCODE<n>` for others.
-pub fn rcode_name(rcode: u8) -> String {
-    match rcode {
-        0 => "NOERROR".into(),
-        1 => "FORMERR".into(),
-        2 => "SERVFAIL".into(),
-        3 => "NXDOMAIN".into(),
-        4 => "NOTIMP".into(),
-        5 => "REFUSED".into(),
-        6 => "YXDOMAIN".into(),
-        7 => "YXRRSET".into(),
-        8 => "NXRRSET".into(),
-        9 => "NOTAUTH".into(),
-        10 => "NOTZONE".into(),
-        n => format!("RCODE{n}"),
-    }
 }
 
 /// Decodes the header and, when the copy holds it whole, the first question.
@@ -64,7 +46,7 @@ pub fn parse(msg: &[u8]) -> Result<DnsInfo, DnsError> {
     let mut info = DnsInfo {
         id: u16::from_be_bytes([id_hi, id_lo]),
         response,
-        rcode: response.then(|| rcode_name(flags_lo & 0x0f)),
+        rcode: response.then_some(Rcode(flags_lo & 0x0f)),
         truncated,
         qname: None,
         qtype: None,
@@ -82,7 +64,7 @@ pub fn parse(msg: &[u8]) -> Result<DnsInfo, DnsError> {
             } else {
                 name.to_owned()
             });
-            info.qtype = Some(query.query_type().to_string());
+            info.qtype = Some(QType(u16::from(query.query_type())));
         }
     }
     Ok(info)
@@ -110,7 +92,7 @@ mod tests {
         assert!(!info.response);
         assert_eq!(info.rcode, None);
         assert_eq!(info.qname.as_deref(), Some("whoami.lab.tracer"));
-        assert_eq!(info.qtype.as_deref(), Some("TXT"));
+        assert_eq!(info.qtype, Some(QType(16)));
     }
 
     #[test]
@@ -120,7 +102,7 @@ mod tests {
         m[3] = 0x83;
         let info = parse(&m).expect("valid response");
         assert!(info.response);
-        assert_eq!(info.rcode.as_deref(), Some("NXDOMAIN"));
+        assert_eq!(info.rcode, Some(Rcode::NXDOMAIN));
     }
 
     #[test]

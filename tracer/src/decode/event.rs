@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+pub use super::values::{IcmpKind, QType, Rcode, TcpFlags};
 pub use crate::capture::iface::{Iface, IfaceKind};
 
 /// Where a packet was observed.
@@ -38,17 +39,17 @@ pub struct DnsInfo {
     pub id: u16,
     /// True for a response (QR bit).
     pub response: bool,
-    /// Response code name (`NOERROR`, `NXDOMAIN`, ...), for responses.
+    /// Response code, for responses.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rcode: Option<String>,
+    pub rcode: Option<Rcode>,
     /// TC bit: the UDP answer was truncated, the client should retry over TCP.
     pub truncated: bool,
     /// First question's name (lower case, without the trailing dot), when it could be decoded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qname: Option<String>,
-    /// First question's type (`A`, `AAAA`, ...).
+    /// First question's type.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub qtype: Option<String>,
+    pub qtype: Option<QType>,
     /// Number of answer records (responses).
     pub answers: u16,
 }
@@ -85,12 +86,12 @@ pub struct PacketEvent {
     pub dst: IpAddr,
     /// Destination port.
     pub dport: u16,
-    /// TCP flags (for TCP) as text such as `SYN`, `SYN|ACK`, `RST|ACK`.
+    /// TCP flags (for TCP).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp_flags: Option<String>,
-    /// ICMP error that quoted this tuple: e.g. `port_unreachable`.
+    pub tcp_flags: Option<TcpFlags>,
+    /// ICMP error that quoted this tuple.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub icmp: Option<String>,
+    pub icmp: Option<IcmpKind>,
     /// 802.1Q VLAN id of the frame, if tagged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub mod dns;
 pub mod event;
 pub mod record;
+pub mod values;
 
 use tracer_common::{PacketEvent as RawEvent, flags, hook, kind};
 
@@ -15,7 +16,7 @@ pub use crate::capture::kernel::Symbols;
 
 use crate::{
     capture::iface::IfaceTable,
-    decode::event::{DropInfo, Hook, Iface, IfaceKind, PacketEvent, Proto},
+    decode::event::{DropInfo, Hook, IcmpKind, Iface, IfaceKind, PacketEvent, Proto, TcpFlags},
 };
 
 /// Why a record could not be decoded.
@@ -100,42 +101,6 @@ fn addr(version: u8, raw: [u8; 16]) -> Result<IpAddr, DecodeError> {
     }
 }
 
-/// Text form of TCP flags, e.g. `SYN|ACK`.
-pub fn tcp_flags_text(f: u8) -> String {
-    const NAMES: [(u8, &str); 6] = [
-        (0x02, "SYN"),
-        (0x04, "RST"),
-        (0x01, "FIN"),
-        (0x08, "PSH"),
-        (0x10, "ACK"),
-        (0x20, "URG"),
-    ];
-    let parts: Vec<&str> = NAMES
-        .iter()
-        .filter(|(bit, _)| f & bit != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if parts.is_empty() {
-        "NONE".into()
-    } else {
-        parts.join("|")
-    }
-}
-
-/// Name of an ICMP destination-unreachable code (v4 type 3 or v6 type 1).
-pub(crate) fn icmp_text(v6: bool, code: u8) -> String {
-    let name = match (v6, code) {
-        (false, 0) | (true, 0) => "net_unreachable",
-        (false, 1) | (true, 3) => "host_unreachable",
-        (false, 2) => "protocol_unreachable",
-        (false, 3) | (true, 4) => "port_unreachable",
-        (false, 4) => "fragmentation_needed",
-        (false, 9 | 10 | 13) | (true, 1) => "administratively_prohibited",
-        _ => return format!("unreachable_code_{code}"),
-    };
-    name.into()
-}
-
 /// Turns a raw record into a typed event.
 pub fn decode(
     raw: &RawEvent,
@@ -200,8 +165,8 @@ pub fn decode(
         sport: raw.sport,
         dst: addr(raw.ip_version, raw.daddr)?,
         dport: raw.dport,
-        tcp_flags: (raw.l4_proto == 6 && !icmp_error).then(|| tcp_flags_text(raw.tcp_flags)),
-        icmp: icmp_error.then(|| icmp_text(icmp_proto == 58, code)),
+        tcp_flags: (raw.l4_proto == 6 && !icmp_error).then_some(TcpFlags(raw.tcp_flags)),
+        icmp: icmp_error.then(|| IcmpKind::from_code(icmp_proto == 58, code)),
         vlan: (raw.flags & flags::VLAN != 0).then_some(raw.vlan),
         len: raw.pkt_len,
         dns,
@@ -329,8 +294,6 @@ mod tests {
         r.icmp_inner = 3 | (1 << 8);
         let ev = decode(&r, &IfaceTable::default(), 1, &NoSymbols).expect("decodes");
         assert_eq!(ev.proto, Proto::Icmp);
-        assert_eq!(ev.icmp.as_deref(), Some("port_unreachable"));
-        assert_eq!(tcp_flags_text(0x12), "SYN|ACK");
-        assert_eq!(tcp_flags_text(0), "NONE");
+        assert_eq!(ev.icmp, Some(IcmpKind::PortUnreachable));
     }
 }

@@ -12,7 +12,9 @@ use tracer_common::{
 
 use super::{
     DecodeError, Symbols,
-    event::{DnsInfo, DropInfo, Hook, Iface, IfaceKind, PacketEvent, Proto},
+    event::{
+        DnsInfo, DropInfo, Hook, IcmpKind, Iface, IfaceKind, PacketEvent, Proto, QType, Rcode,
+    },
 };
 use crate::capture::iface::IfaceTable;
 
@@ -118,7 +120,7 @@ pub fn addr(version: u8, raw: [u8; 16]) -> Result<IpAddr, DecodeError> {
 }
 
 /// The question's name and type from the entry's wire copy (None where it was cut).
-fn question(e: &DnsEntry) -> (Option<String>, Option<String>) {
+fn question(e: &DnsEntry) -> (Option<String>, Option<QType>) {
     let len = usize::from(e.qlen).min(e.question.len());
     let mut msg = Vec::with_capacity(12 + len);
     // A header with one question, so the message parser can read the name.
@@ -126,11 +128,9 @@ fn question(e: &DnsEntry) -> (Option<String>, Option<String>) {
     msg.extend_from_slice(e.question.get(..len).unwrap_or_default());
     let parsed = super::dns::parse(&msg).ok();
     let qname = parsed.as_ref().and_then(|p| p.qname.clone());
-    let qtype = match (parsed.and_then(|p| p.qtype), e.qtype) {
-        (Some(t), _) => Some(t),
-        (None, 0) => None,
-        (None, t) => Some(hickory_proto::rr::RecordType::from(t).to_string()),
-    };
+    let qtype = parsed
+        .and_then(|p| p.qtype)
+        .or((e.qtype != 0).then_some(QType(e.qtype)));
     (qname, qtype)
 }
 
@@ -233,10 +233,10 @@ pub fn decode_entry(
         let dns = DnsInfo {
             id: key.id,
             response: answer,
-            rcode: answer.then(|| super::dns::rcode_name(e.rcode)),
+            rcode: answer.then_some(Rcode(e.rcode)),
             truncated: answer && e.flags & dns_flags::TRUNCATED != 0,
             qname: qname.clone(),
-            qtype: qtype.clone(),
+            qtype,
             answers: if answer { e.ancount } else { 0 },
         };
         let drop = (ev_hook == Hook::Drop).then(|| DropInfo {
@@ -246,7 +246,8 @@ pub fn decode_entry(
             netns: e.drop_netns,
         });
         // Only destination-unreachable errors are tracked: the type is implied.
-        let icmp = is_icmp.then(|| super::icmp_text(e.icmp_proto == 58, e.icmp.to_be_bytes()[1]));
+        let icmp =
+            is_icmp.then(|| IcmpKind::from_code(e.icmp_proto == 58, e.icmp.to_be_bytes()[1]));
         events.push(PacketEvent {
             ts_ns: hop.ts_ns,
             hook: ev_hook,
@@ -392,9 +393,9 @@ mod tests {
         assert_eq!(ev[3].dport, 40000);
         let d = ev[3].dns.as_ref().expect("dns facts");
         assert!(d.response);
-        assert_eq!(d.rcode.as_deref(), Some("NXDOMAIN"));
+        assert_eq!(d.rcode, Some(Rcode::NXDOMAIN));
         assert_eq!(d.qname.as_deref(), Some("nosuch.default.svc.cluster.local"));
-        assert_eq!(d.qtype.as_deref(), Some("A"));
+        assert_eq!(d.qtype, Some(QType::A));
         assert!(!ev[0].dns.as_ref().expect("dns").response);
     }
 

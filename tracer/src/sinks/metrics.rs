@@ -394,7 +394,7 @@ impl Metrics {
             .dns_answers
             .get_or_create(&RcodeLabels {
                 server: server.clone(),
-                rcode: label(&s.dns.rcode),
+                rcode: s.dns.rcode.to_string(),
             })
             .inc_by(s.count);
         let hist = self

@@ -5,12 +5,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::decode::event::{Hook, IfaceKind};
 
-use super::flow::{Attempt, AttemptKind, Detail, Flow, Sighting, flags_text, tcp};
+use super::flow::{Attempt, AttemptKind, Detail, Flow, Sighting};
 use super::model::{
     Client, ClientSide, DnsOut, DropOut, EgressInterface, EgressOut, Evidence, FlowKind, HintFacts,
     PathEntry, PodMeta, RejectBy, Rejection, SCHEMA, Server, Stage, Transport, Verdict,
     VerdictKind,
 };
+use crate::decode::event::TcpFlags;
 
 /// How a flow is being closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -468,8 +469,8 @@ fn path(flow: &Flow, start: u64) -> Vec<PathEntry> {
                 }
             }
         }
-        if s.flags & (tcp::SYN | tcp::RST | tcp::FIN) != 0 {
-            parts.push(flags_text(s.flags));
+        if s.flags.0 & (TcpFlags::SYN | TcpFlags::RST | TcpFlags::FIN) != 0 {
+            parts.push(s.flags.to_string());
         }
         match &s.detail {
             Detail::None => {}
@@ -478,7 +479,7 @@ fn path(flow: &Flow, start: u64) -> Vec<PathEntry> {
                 answers,
                 truncated,
             } => {
-                let r = rcode.as_deref().unwrap_or("answer");
+                let r = rcode.map_or("answer".to_owned(), |r| r.to_string());
                 let plural = if *answers == 1 { "" } else { "s" };
                 parts.push(format!("{r}, {answers} answer{plural}"));
                 if *truncated {
@@ -641,17 +642,13 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
                 rcode,
                 answers,
                 truncated,
-            }) => (
-                rcode.as_deref().map(String::from),
-                Some(*answers),
-                *truncated,
-            ),
+            }) => (*rcode, Some(*answers), *truncated),
             _ => (None, None, false),
         };
         DnsOut {
             id: pa.id,
             qname: flow.qname.as_deref().map(String::from),
-            qtype: flow.qtype.as_deref().map(String::from),
+            qtype: flow.qtype,
             rcode,
             answers,
             truncated,
@@ -702,7 +699,7 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
         (VerdictKind::Rejected, Some(s)) => Some(match &s.detail {
             Detail::Icmp(k) => Rejection {
                 by: RejectBy::Icmp,
-                icmp: Some(k.to_string()),
+                icmp: Some(*k),
             },
             _ => Rejection {
                 by: RejectBy::TcpRst,

@@ -16,7 +16,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::decode::event::{DropInfo, Hook, Iface, IfaceKind};
+use crate::decode::event::{DropInfo, Hook, IcmpKind, Iface, IfaceKind, QType, Rcode, TcpFlags};
 
 use super::model::{ClientSide, Direction, FlowKind, Transport, VerdictKind};
 
@@ -31,70 +31,6 @@ pub const MAX_DETAILED_ATTEMPTS: usize = 4;
 pub const MAX_SIGHTINGS_PER_ATTEMPT: usize = 8;
 /// Extra slots per attempt for decisive sightings (reply, drop, ICMP error, SYN/RST).
 pub const DECISIVE_EXTRA: usize = 4;
-
-/// TCP flag bits, as in the TCP header.
-pub mod tcp {
-    /// FIN.
-    pub const FIN: u8 = 0x01;
-    /// SYN.
-    pub const SYN: u8 = 0x02;
-    /// RST.
-    pub const RST: u8 = 0x04;
-    /// PSH.
-    pub const PSH: u8 = 0x08;
-    /// ACK.
-    pub const ACK: u8 = 0x10;
-    /// URG.
-    pub const URG: u8 = 0x20;
-}
-
-const FLAG_NAMES: [(u8, &str); 6] = [
-    (tcp::SYN, "SYN"),
-    (tcp::RST, "RST"),
-    (tcp::FIN, "FIN"),
-    (tcp::PSH, "PSH"),
-    (tcp::ACK, "ACK"),
-    (tcp::URG, "URG"),
-];
-
-/// Parses `SYN|ACK`-style text (unknown words are ignored).
-pub fn parse_flags(text: Option<&str>) -> u8 {
-    text.unwrap_or("")
-        .split('|')
-        .map(|w| {
-            FLAG_NAMES
-                .iter()
-                .find(|(_, n)| n.eq_ignore_ascii_case(w.trim()))
-                .map_or(0, |(b, _)| *b)
-        })
-        .fold(0, |a, b| a | b)
-}
-
-/// Text of flag bits, in the decoder's order.
-pub fn flags_text(f: u8) -> String {
-    let parts: Vec<&str> = FLAG_NAMES
-        .iter()
-        .filter(|(b, _)| f & b != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    parts.join("|")
-}
-
-/// A SYN without ACK.
-pub fn is_syn(f: u8) -> bool {
-    f & tcp::SYN != 0 && f & tcp::ACK == 0
-}
-
-/// A SYN-ACK.
-pub fn is_synack(f: u8) -> bool {
-    f & tcp::SYN != 0 && f & tcp::ACK != 0
-}
-
-/// An ICMP error that rejects the quoted packet (all unreachables except "fragmentation
-/// needed", which is path-MTU discovery, not a rejection).
-pub fn icmp_rejects(kind: &str) -> bool {
-    !(kind.contains("frag") || kind.contains("too_big") || kind.contains("redirect"))
-}
 
 /// Interfaces through which a packet leaves the node toward the VPC: uplink, branch ENI, trunk.
 pub fn is_exit(kind: IfaceKind) -> bool {
@@ -116,14 +52,14 @@ pub enum Detail {
     /// A DNS response.
     Answer {
         /// Response code.
-        rcode: Option<Box<str>>,
+        rcode: Option<Rcode>,
         /// Answer records.
         answers: u16,
         /// TC bit.
         truncated: bool,
     },
     /// An ICMP error quoting the request (the tuple is the quoted packet's).
-    Icmp(Box<str>),
+    Icmp(IcmpKind),
     /// A kernel drop.
     Drop(Box<DropInfo>),
 }
@@ -147,8 +83,8 @@ pub struct Sighting {
     pub src: SocketAddr,
     /// Destination as seen there.
     pub dst: SocketAddr,
-    /// TCP flag bits (0 for UDP).
-    pub flags: u8,
+    /// TCP flags (none for UDP).
+    pub flags: TcpFlags,
     /// 802.1Q tag of the frame.
     pub vlan: Option<u16>,
     /// Extra facts.
@@ -173,7 +109,7 @@ impl Sighting {
             && self.dir == other.dir
             && self.quoted == other.quoted
             // A TCP connection's SYN and its data segments pass the same point.
-            && (self.flags & tcp::SYN) == (other.flags & tcp::SYN)
+            && self.flags.has(TcpFlags::SYN) == other.flags.has(TcpFlags::SYN)
     }
 
     /// The same event delivered twice (or the same packet reported twice at one point).
@@ -203,9 +139,9 @@ impl Sighting {
     /// An ICMP error that rejects the request, or a TCP RST coming back.
     pub fn is_rejection(&self) -> bool {
         match &self.detail {
-            Detail::Icmp(k) => icmp_rejects(k),
+            Detail::Icmp(k) => k.rejects(),
             Detail::Drop(_) => false,
-            _ => self.dir == Direction::Response && self.flags & tcp::RST != 0,
+            _ => self.dir == Direction::Response && self.flags.has(TcpFlags::RST),
         }
     }
 }
@@ -305,9 +241,7 @@ impl Attempt {
         }
         // Decisive sightings (a reply, a drop, an ICMP error, SYN/RST) get a few extra slots so
         // the outcome is never lost to the cap.
-        let decisive = s.hook == Hook::Drop
-            || s.detail != Detail::None
-            || s.flags & (tcp::SYN | tcp::RST) != 0;
+        let decisive = s.hook == Hook::Drop || s.detail != Detail::None || s.flags.is_control();
         let cap = if decisive {
             MAX_SIGHTINGS_PER_ATTEMPT + DECISIVE_EXTRA
         } else {
@@ -336,7 +270,7 @@ pub struct Flow {
     /// Question name (DNS).
     pub qname: Option<Box<str>>,
     /// Question type (DNS).
-    pub qtype: Option<Box<str>>,
+    pub qtype: Option<QType>,
     /// Attempts, in arrival order.
     pub attempts: Vec<Attempt>,
     /// Retries beyond [`MAX_ATTEMPTS`].
@@ -412,7 +346,7 @@ impl Flow {
         }
         match self.kind {
             FlowKind::Dns => matches!(s.detail, Detail::Answer { .. }),
-            FlowKind::Egress => s.flags == 0 || is_synack(s.flags),
+            FlowKind::Egress => s.flags.0 == 0 || s.flags.is_synack(),
         }
     }
 

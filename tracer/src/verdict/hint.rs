@@ -1,7 +1,7 @@
 //! The `hint`: one sentence naming the likely cause and where to look, rendered from the
 //! verdict's own fields (so enrichment can re-render it with pod and node names).
 
-use crate::decode::event::IfaceKind;
+use crate::decode::event::{IcmpKind, IfaceKind, Rcode};
 
 use super::model::{
     ClientSide, Direction, FlowKind, PodMeta, RejectBy, Stage, Transport, Verdict, VerdictKind,
@@ -131,17 +131,17 @@ fn window(v: &Verdict) -> String {
     }
 }
 
-fn rcode_text(rcode: &str) -> &'static str {
+fn rcode_text(rcode: Rcode) -> &'static str {
     match rcode {
-        "NXDOMAIN" => {
+        Rcode::NXDOMAIN => {
             "the name does not exist (check the name, the pod's search domains and ndots)"
         }
-        "SERVFAIL" => {
+        Rcode::SERVFAIL => {
             "the server could not resolve it (check the CoreDNS logs and its upstream/forward servers)"
         }
-        "REFUSED" => "the server refused the query (check the Corefile zones and ACLs)",
-        "NOTIMP" => "the server does not implement this query type",
-        "FORMERR" => "the server could not parse the query",
+        Rcode::REFUSED => "the server refused the query (check the Corefile zones and ACLs)",
+        Rcode::NOTIMP => "the server does not implement this query type",
+        Rcode::FORMERR => "the server could not parse the query",
         _ => "the server answered with an error code",
     }
 }
@@ -150,7 +150,7 @@ fn answered(v: &Verdict) -> String {
     let Some(d) = &v.dns else {
         return String::new();
     };
-    let rcode = d.rcode.as_deref().unwrap_or("an answer");
+    let rcode = d.rcode.map_or("an answer".to_owned(), |r| r.to_string());
     let lat = d
         .latency_ms
         .map(|l| format!(" in {l} ms"))
@@ -165,11 +165,11 @@ fn answered(v: &Verdict) -> String {
             iface(v)
         );
     }
-    if rcode != "NOERROR" && d.rcode.is_some() {
+    if let Some(code) = d.rcode.filter(|r| *r != Rcode::NOERROR) {
         return format!(
             "{} answered {rcode} for {q}{lat}: not a network failure, {}{}",
             server(v),
-            rcode_text(rcode),
+            rcode_text(code),
             retries_suffix(v)
         );
     }
@@ -346,16 +346,16 @@ fn rejected(v: &Verdict) -> String {
             retries_suffix(v)
         ),
         Some(r) => {
-            let icmp = r.icmp.as_deref().unwrap_or("error");
-            let why = match icmp {
-                "port_unreachable" if v.kind == FlowKind::Dns => {
+            let icmp = r.icmp.map_or("error".to_owned(), |k| k.to_string());
+            let why = match r.icmp {
+                Some(IcmpKind::PortUnreachable) if v.kind == FlowKind::Dns => {
                     format!("nothing listens on {p} {port} there (CoreDNS down or restarting?)")
                 }
-                "port_unreachable" => format!("nothing listens on {p} {port} there"),
-                "host_unreachable" | "net_unreachable" => {
+                Some(IcmpKind::PortUnreachable) => format!("nothing listens on {p} {port} there"),
+                Some(IcmpKind::HostUnreachable | IcmpKind::NetUnreachable) => {
                     "a router or the host says it is unreachable (check the routes, that the pod still exists, ARP/neighbour entries)".into()
                 }
-                "administratively_prohibited" => {
+                Some(IcmpKind::AdminProhibited) => {
                     "a firewall rejects it (iptables REJECT with icmp-admin-prohibited, NetworkPolicy)".into()
                 }
                 _ => "the path or the host refuses the packet".into(),
@@ -558,12 +558,12 @@ pub fn summary(s: &super::summary::Summary) -> String {
         (_, Some(p)) => format!("pod {p} ({})", s.server.ip),
         _ => format!("DNS server {}", s.server.ip),
     };
-    let qtype = s.dns.qtype.as_deref().unwrap_or("DNS");
+    let qtype = s.dns.qtype.map_or("DNS".to_owned(), |q| q.to_string());
     let lat = match (s.latency_ms.p50, s.latency_ms.p99) {
         (Some(p50), Some(p99)) => format!(", p50 {p50} ms, p99 {p99} ms"),
         _ => String::new(),
     };
-    let what = if s.dns.rcode == "NOERROR" {
+    let what = if s.dns.rcode == Rcode::NOERROR {
         "healthy answers".to_owned()
     } else {
         format!("answers with {} (not a network failure)", s.dns.rcode)

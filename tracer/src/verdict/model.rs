@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::decode::event::{Hook, IfaceKind};
+use crate::decode::event::{Hook, IcmpKind, IfaceKind, QType, Rcode};
 
 /// Value of [`Verdict::schema`].
 pub const SCHEMA: &str = "tracer.flow/v1";
@@ -234,7 +234,7 @@ pub struct Rejection {
     /// `icmp` or `tcp_rst`.
     pub by: RejectBy,
     /// ICMP error name (e.g. `port_unreachable`), for `icmp`.
-    pub icmp: Option<String>,
+    pub icmp: Option<IcmpKind>,
 }
 
 /// Kind of rejection.
@@ -256,9 +256,9 @@ pub struct DnsOut {
     /// Question name.
     pub qname: Option<String>,
     /// Question type.
-    pub qtype: Option<String>,
+    pub qtype: Option<QType>,
     /// Response code of the answer (null when none was seen).
-    pub rcode: Option<String>,
+    pub rcode: Option<Rcode>,
     /// Number of answer records (null when no answer was seen).
     pub answers: Option<u16>,
     /// The answer had the TC bit (truncated).

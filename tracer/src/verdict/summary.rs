@@ -14,7 +14,10 @@ use serde::Serialize;
 use tracer_common::{LATENCY_BUCKETS, latency_bucket, latency_bucket_lower};
 
 use super::model::{Evidence, FlowKind, PodMeta, SCHEMA, Transport, VerdictKind};
-use crate::decode::record::{Origin, Summarized};
+use crate::decode::{
+    event::{QType, Rcode},
+    record::{Origin, Summarized},
+};
 
 /// Latency histogram of a group of answers (the kernel's buckets).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,9 +167,9 @@ impl Group {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SummaryDns {
     /// Query type (null when the question could not be read).
-    pub qtype: Option<String>,
+    pub qtype: Option<QType>,
     /// Response code.
-    pub rcode: String,
+    pub rcode: Rcode,
     /// Transport (always UDP: DNS over TCP is reported per query).
     pub transport: Transport,
 }
@@ -295,8 +298,7 @@ impl Summaries {
 }
 
 fn summary(node: &str, group: Group, h: Histogram, start_ns: u64, end_ns: u64) -> Summary {
-    let qtype =
-        (group.qtype != 0).then(|| hickory_proto::rr::RecordType::from(group.qtype).to_string());
+    let qtype = (group.qtype != 0).then_some(QType(group.qtype));
     Summary {
         schema: SCHEMA,
         record: "summary",
@@ -313,7 +315,7 @@ fn summary(node: &str, group: Group, h: Histogram, start_ns: u64, end_ns: u64) -
         latency_ms: h.latency(),
         dns: SummaryDns {
             qtype,
-            rcode: crate::decode::dns::rcode_name(group.rcode),
+            rcode: Rcode(group.rcode),
             transport: Transport::Udp,
         },
         client: SummaryEndpoint {
@@ -384,8 +386,8 @@ mod tests {
         let out = s.take("node-a", 0, 10);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].count, 2);
-        assert_eq!(out[0].dns.qtype.as_deref(), Some("A"));
-        assert_eq!(out[0].dns.rcode, "NOERROR");
+        assert_eq!(out[0].dns.qtype, Some(QType::A));
+        assert_eq!(out[0].dns.rcode, Rcode::NOERROR);
         let v = serde_json::to_value(&out[0]).expect("json");
         assert_eq!(v["record"], "summary");
         assert_eq!(v["verdict"], "answered");

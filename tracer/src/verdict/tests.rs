@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::decode::event::{DnsInfo, DropInfo, Hook, Iface, IfaceKind, PacketEvent, Proto};
+use crate::decode::event::{
+    DnsInfo, DropInfo, Hook, IcmpKind, Iface, IfaceKind, PacketEvent, Proto, QType, Rcode, TcpFlags,
+};
 
 const BASE: u64 = 1_000_000_000_000;
 const QN: &str = "web.default.svc.cluster.local";
@@ -100,7 +102,7 @@ impl EvExt for PacketEvent {
             rcode: None,
             truncated: false,
             qname: Some(qname.into()),
-            qtype: Some(qtype.into()),
+            qtype: Some(QType::parse(qtype).expect("qtype")),
             answers: 0,
         });
         self
@@ -109,10 +111,10 @@ impl EvExt for PacketEvent {
         self.dns = Some(DnsInfo {
             id,
             response: true,
-            rcode: Some(rcode.into()),
+            rcode: Some(Rcode::parse(rcode).expect("rcode")),
             truncated: false,
             qname: Some(qname.into()),
-            qtype: Some("A".into()),
+            qtype: Some(QType::A),
             answers,
         });
         self
@@ -124,7 +126,7 @@ impl EvExt for PacketEvent {
         self
     }
     fn flags(mut self, f: &str) -> Self {
-        self.tcp_flags = Some(f.into());
+        self.tcp_flags = Some(TcpFlags::parse(f));
         self
     }
     fn dropped(mut self, reason: &str, location: &str, netns: u32) -> Self {
@@ -139,7 +141,7 @@ impl EvExt for PacketEvent {
     }
     fn icmp(mut self, kind: &str) -> Self {
         self.proto = Proto::Icmp;
-        self.icmp = Some(kind.into());
+        self.icmp = Some(IcmpKind::parse(kind).expect("icmp kind"));
         self
     }
 }
@@ -254,10 +256,6 @@ fn local_query(t0: f64, port: u16, id: u16, rcode: Option<&str>) -> Vec<PacketEv
 
 // ----- harness -----
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "test scripts are short; boxing would only add noise"
-)]
 enum Step {
     Ev(PacketEvent),
     Loss(f64, &'static str),
@@ -1860,7 +1858,9 @@ fn docs_examples_are_current() {
             sum_ns,
             &buckets,
         );
-        let mut line = sums.take("node-a", 1_001_000_000_000, 1_011_000_000_000).remove(0);
+        let mut line = sums
+            .take("node-a", 1_001_000_000_000, 1_011_000_000_000)
+            .remove(0);
         line.time = Some("2026-11-24T02:10:00.000000Z".into());
         line.end_time = Some("2026-11-24T02:10:10.000000Z".into());
         line.enrichment = Some("ready".into());
@@ -2156,7 +2156,13 @@ mod honesty {
     /// one client, two of them answered.
     #[test]
     fn concurrent_same_name_queries_keep_their_answers() {
-        let qs = [(0.0, None), (2056.6, None), (3196.1, Some(1401.4)), (1170.8, Some(2326.9)), (2632.5, None)];
+        let qs = [
+            (0.0, None),
+            (2056.6, None),
+            (3196.1, Some(1401.4)),
+            (1170.8, Some(2326.9)),
+            (2632.5, None),
+        ];
         let mut evs = Vec::new();
         for (i, (start, ans)) in qs.iter().enumerate() {
             let port = 20_000 + i as u16;

@@ -3,9 +3,9 @@
 
 use std::net::IpAddr;
 
-use crate::decode::event::{DnsInfo, Hook, PacketEvent};
+use crate::decode::event::{DnsInfo, Hook, PacketEvent, TcpFlags};
 
-use super::super::flow::{Attempt, AttemptKind, Flow, Key, MAX_ATTEMPTS, is_syn, parse_flags, tcp};
+use super::super::flow::{Attempt, AttemptKind, Flow, Key, MAX_ATTEMPTS};
 use super::super::model::{Direction, FlowKind, Transport};
 use super::{Assign, Correlator, Found, MIN_RETRY_GAP_NS, Mode, Routed, assign, qhash, transport};
 
@@ -14,7 +14,7 @@ impl Correlator {
         let Some(t) = transport(ev.proto) else {
             return Routed::Done;
         };
-        let flags = parse_flags(ev.tcp_flags.as_deref());
+        let flags = ev.tcp_flags.unwrap_or_default();
         let dir = match &ev.dns {
             Some(d) if d.response => Direction::Response,
             Some(_) => Direction::Request,
@@ -67,7 +67,7 @@ impl Correlator {
             return Routed::Done;
         }
         let opens =
-            ev.dns.is_some() || (t == Transport::Tcp && is_syn(flags)) || ev.hook == Hook::Drop;
+            ev.dns.is_some() || (t == Transport::Tcp && flags.is_syn()) || ev.hook == Hook::Drop;
         if !opens {
             self.stats.ignored += 1;
             return Routed::Done;
@@ -149,16 +149,16 @@ impl Correlator {
         client: IpAddr,
         dst: IpAddr,
         dns: Option<&DnsInfo>,
-        flags: u8,
+        flags: TcpFlags,
         ts: u64,
     ) -> Option<(u64, AttemptKind)> {
         let qname = dns.and_then(|d| d.qname.as_deref());
-        let qtype = dns.and_then(|d| d.qtype.as_deref());
+        let qtype = dns.and_then(|d| d.qtype);
         // Only while the flow's window is still open (a retry after it is a new query).
         let same_question = |f: &Flow| {
             ts <= f.deadline
                 && match qname {
-                    Some(q) => f.qname.as_deref() == Some(q) && f.qtype.as_deref() == qtype,
+                    Some(q) => f.qname.as_deref() == Some(q) && f.qtype == qtype,
                     None => true,
                 }
         };
@@ -190,7 +190,7 @@ impl Correlator {
             }
         }
         if t == Transport::Tcp
-            && (dns.is_some() || is_syn(flags))
+            && (dns.is_some() || flags.is_syn())
             && let Some(&fid) = self.index.get(&Key::DnsFallback {
                 client,
                 service: dst,
@@ -217,7 +217,7 @@ impl Correlator {
             && !quoted
             && ev.hook != Hook::Drop
             && ev.dns.is_none()
-            && parse_flags(ev.tcp_flags.as_deref()) & (tcp::SYN | tcp::RST) == 0
+            && !ev.tcp_flags.unwrap_or_default().is_control()
         {
             // A bare ACK/FIN of a DNS-over-TCP connection: nothing to learn from it.
             self.stats.ignored += 1;
@@ -239,7 +239,7 @@ impl Correlator {
             && ev.hook != Hook::Drop
             && match t {
                 // Over TCP a new attempt is a new connection; data segments join it.
-                Transport::Tcp => is_syn(s.flags),
+                Transport::Tcp => s.flags.is_syn(),
                 Transport::Udp => id.is_some(),
             };
         let Some(flow) = self.flows.get(&fid) else {
@@ -285,7 +285,7 @@ impl Correlator {
                         && let Some(q) = &d.qname
                     {
                         flow.qname = Some(q.as_str().into());
-                        flow.qtype = d.qtype.as_deref().map(Into::into);
+                        flow.qtype = d.qtype;
                     }
                 }
                 for k in new_keys {
@@ -301,10 +301,7 @@ impl Correlator {
         let s = self.sighting(ev, Direction::Request, false);
         let client = ev.src;
         let (qname, qtype) = match &ev.dns {
-            Some(d) if !d.response => (
-                d.qname.as_deref().map(Into::into),
-                d.qtype.as_deref().map(Into::into),
-            ),
+            Some(d) if !d.response => (d.qname.as_deref().map(Into::into), d.qtype),
             _ => (None, None),
         };
         let fid = self.open(FlowKind::Dns, client, qname, qtype, s.ts, false);

@@ -1,9 +1,9 @@
 //! Pod egress: a SYN or first UDP packet opens a flow at the pod veth; the SNATed copy at the
 //! uplink and the replies (before or after SNAT) join it.
 
-use crate::decode::event::{Hook, IfaceKind, PacketEvent, Proto};
+use crate::decode::event::{Hook, IfaceKind, PacketEvent, Proto, TcpFlags};
 
-use super::super::flow::{Attempt, AttemptKind, Key, is_exit, is_syn, parse_flags, tcp};
+use super::super::flow::{Attempt, AttemptKind, Key, is_exit};
 use super::super::model::{Direction, FlowKind, Transport};
 use super::{Assign, Correlator, Mode, NatMatch, Routed, assign, transport};
 
@@ -12,7 +12,7 @@ impl Correlator {
         let Some(t) = transport(ev.proto) else {
             return Routed::Done;
         };
-        let flags = parse_flags(ev.tcp_flags.as_deref());
+        let flags = ev.tcp_flags.unwrap_or_default();
         if let Some((fid, dir)) = self.find_egress(t, ev, flags) {
             return self.egress_into(fid, ev, dir, false);
         }
@@ -40,7 +40,7 @@ impl Correlator {
             return Routed::Unmatched;
         }
         let opener = match t {
-            Transport::Tcp => is_syn(flags),
+            Transport::Tcp => flags.is_syn(),
             Transport::Udp => true,
         };
         let exit = ev.hook == Hook::Egress && is_exit(ev.iface.kind);
@@ -73,7 +73,7 @@ impl Correlator {
         &self,
         t: Transport,
         ev: &PacketEvent,
-        flags: u8,
+        flags: TcpFlags,
     ) -> Option<(u64, Direction)> {
         let fwd_full = Key::Egress {
             t,
@@ -101,8 +101,8 @@ impl Correlator {
             server: ev.src,
             sport: ev.sport,
         };
-        let syn = t == Transport::Tcp && is_syn(flags);
-        let synack = t == Transport::Tcp && super::super::flow::is_synack(flags);
+        let syn = t == Transport::Tcp && flags.is_syn();
+        let synack = t == Transport::Tcp && flags.is_synack();
         let at_pod = ev.iface.kind == IfaceKind::PodVeth && ev.hook != Hook::Drop;
         let mut tries: Vec<(Key, Direction)> = Vec::with_capacity(4);
         if !synack {
@@ -191,7 +191,7 @@ impl Correlator {
             // Only the handshake and the first packet per point matter; the rest of a
             // connection (if the capture reports it) is ignored.
             let uninteresting = match ev.proto {
-                Proto::Tcp => s.flags & (tcp::SYN | tcp::RST) == 0,
+                Proto::Tcp => !s.flags.is_control(),
                 _ => flow.attempts.iter().any(|a| {
                     a.sightings
                         .iter()
@@ -228,7 +228,7 @@ impl Correlator {
             && !quoted
             && ev.hook != Hook::Drop
             && t == Transport::Tcp
-            && is_syn(s.flags);
+            && s.flags.is_syn();
         match assign(flow, |_| true, &s, may_create) {
             Assign::Duplicate => {
                 self.stats.duplicates += 1;

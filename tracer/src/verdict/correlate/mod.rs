@@ -7,10 +7,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::decode::event::{Iface, PacketEvent, Proto};
+use crate::decode::event::{Iface, PacketEvent, Proto, QType};
 
 use super::decide::{self, Closing, Recent, RecentKey};
-use super::flow::{Detail, Flow, Key, Sighting, parse_flags};
+use super::flow::{Detail, Flow, Key, Sighting};
 use super::model::{Direction, Transport, Verdict};
 use super::{Config, Stats};
 
@@ -140,7 +140,7 @@ fn is_dns(ev: &PacketEvent) -> bool {
     ev.sport == 53 || ev.dport == 53
 }
 
-fn qhash(qname: &str, qtype: Option<&str>) -> u64 {
+fn qhash(qname: &str, qtype: Option<QType>) -> u64 {
     let mut h = DefaultHasher::new();
     qname.hash(&mut h);
     qtype.hash(&mut h);
@@ -151,10 +151,10 @@ fn detail_of(ev: &PacketEvent) -> Detail {
     if let Some(d) = &ev.drop {
         Detail::Drop(Box::new(d.clone()))
     } else if let Some(k) = &ev.icmp {
-        Detail::Icmp(k.as_str().into())
+        Detail::Icmp(*k)
     } else if let Some(d) = ev.dns.as_ref().filter(|d| d.response) {
         Detail::Answer {
-            rcode: d.rcode.as_deref().map(Into::into),
+            rcode: d.rcode,
             answers: d.answers,
             truncated: d.truncated,
         }
@@ -354,7 +354,7 @@ impl Correlator {
             quoted,
             src: SocketAddr::new(ev.src, ev.sport),
             dst: SocketAddr::new(ev.dst, ev.dport),
-            flags: parse_flags(ev.tcp_flags.as_deref()),
+            flags: ev.tcp_flags.unwrap_or_default(),
             vlan: ev.vlan,
             detail: detail_of(ev),
         }

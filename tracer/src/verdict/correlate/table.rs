@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::decode::event::Hook;
+use crate::decode::event::{Hook, QType};
 
 use super::super::decide;
 use super::super::decide::{Closing, Ctx, Recent, RecentKey};
@@ -22,7 +22,7 @@ impl Correlator {
         kind: FlowKind,
         client: IpAddr,
         qname: Option<Box<str>>,
-        qtype: Option<Box<str>>,
+        qtype: Option<QType>,
         ts: u64,
         provisional: bool,
     ) -> u64 {
@@ -172,7 +172,7 @@ impl Correlator {
         if flow.kind == FlowKind::Dns
             && let Some(q) = flow.qname.as_deref()
         {
-            let q = qhash(q, flow.qtype.as_deref());
+            let q = qhash(q, flow.qtype);
             for &service in &flow.dsts {
                 keys.push(Key::DnsRetry {
                     client: flow.client_ip,
