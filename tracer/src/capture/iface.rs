@@ -27,6 +27,20 @@ pub enum IfaceKind {
     Other,
 }
 
+impl IfaceKind {
+    /// Name as serialized (`pod_veth`, `uplink`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IfaceKind::PodVeth => "pod_veth",
+            IfaceKind::Uplink => "uplink",
+            IfaceKind::Trunk => "trunk",
+            IfaceKind::BranchEni => "branch_eni",
+            IfaceKind::Loopback => "loopback",
+            IfaceKind::Other => "other",
+        }
+    }
+}
+
 /// An interface at the time of the event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Iface {

@@ -31,7 +31,7 @@ use crate::{
     },
     cli::RunArgs,
     enrich::{self, MetaCache},
-    sinks::{Sinks, metrics::Metrics},
+    sinks::{Sinks, Stdout, metrics::Metrics},
     verdict::{self, Correlator},
 };
 
@@ -97,7 +97,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("serving the observe socket (--socket)")?;
         Some(tokio::spawn(server))
     };
-    let sinks = Sinks::new(hub, metrics.clone(), args.format, args.redact_qname);
+    let sinks = Sinks::new(
+        hub,
+        metrics.clone(),
+        Stdout::new(args.format, args.redact_qname, args.events),
+    );
     let own_netns = netns::own_inode().context("reading /proc/self/ns/net")?;
     // Kubernetes names: watches start in the background; verdicts flow before they are ready.
     let meta = match &args.lab_metadata {
@@ -160,7 +164,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut p = Pipeline::new(
         own_netns,
         symbols,
-        args.events,
         answered,
         sinks,
         Correlator::new(config),

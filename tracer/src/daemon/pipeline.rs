@@ -2,8 +2,6 @@
 //! (stage 3), finalize with names and hint (stage 4), sinks (stage 5). The daemon's loop feeds
 //! it and sets its clock; it owns no I/O besides the sinks.
 
-use std::io::Write as _;
-
 use crate::{
     capture::iface::IfaceTable,
     decode::{
@@ -12,7 +10,7 @@ use crate::{
         record::{DnsFlowRecord, Why},
     },
     enrich::MetaCache,
-    sinks::Sinks,
+    sinks::{Output, Sinks},
     verdict::{
         Correlator, Verdict, VerdictKind,
         summary::{Summaries, Summary},
@@ -32,7 +30,7 @@ pub struct UserCounters {
     pub dns_records: u64,
     /// Drops in namespaces that are not this node's (other "machines").
     pub drops_other_node: u64,
-    /// Lines that could not be written to stdout.
+    /// Lines that could not be written to stdout or serialized.
     pub write_errors: u64,
     /// Summary lines written.
     pub summaries: u64,
@@ -58,8 +56,6 @@ pub struct Pipeline {
     symbols: Box<dyn Symbols>,
     /// Counters.
     pub user: UserCounters,
-    out: std::io::BufWriter<std::io::Stdout>,
-    events: bool,
     answered: AnsweredMode,
     sinks: Sinks,
     /// The correlator (stage 3).
@@ -79,7 +75,6 @@ impl Pipeline {
     pub fn new(
         own_netns: u32,
         symbols: Box<dyn Symbols>,
-        events: bool,
         answered: AnsweredMode,
         sinks: Sinks,
         correlator: Correlator,
@@ -90,9 +85,6 @@ impl Pipeline {
             own_netns,
             symbols,
             user: UserCounters::default(),
-            // Buffered: flushed after every batch of records, not per line.
-            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
-            events,
             answered,
             sinks,
             correlator,
@@ -164,14 +156,8 @@ impl Pipeline {
             self.user.drops_other_node += 1;
             return;
         }
-        if self.events || self.sinks.wants_events() {
-            let mut line = serde_json::json!({ "type": "packet" });
-            if let (Some(obj), Ok(serde_json::Value::Object(ev))) =
-                (line.as_object_mut(), serde_json::to_value(ev))
-            {
-                obj.extend(ev);
-            }
-            self.write(line, self.events);
+        if self.sinks.wants_events() {
+            self.sinks.publish(&Output::Packet(ev.clone()), true);
         }
         self.correlator.observe(ev);
     }
@@ -179,14 +165,6 @@ impl Pipeline {
     /// Losses somewhere in `[from, to]` (kernel loss history).
     pub fn note_loss_span(&mut self, from: u64, to: u64, what: &str) {
         self.correlator.note_loss_span(from, to, what);
-    }
-
-    fn write(&mut self, value: serde_json::Value, to_stdout: bool) {
-        if let Some(text) = self.sinks.emit(value, to_stdout)
-            && writeln!(self.out, "{text}").is_err()
-        {
-            self.user.write_errors += 1;
-        }
     }
 
     /// Emits the verdicts of flows that completed or whose window closed by `now`.
@@ -206,15 +184,8 @@ impl Pipeline {
         for mut v in verdicts {
             let clock = &self.clock;
             crate::enrich::finalize::finalize(&mut v, &self.meta, &|t| clock.wall_rfc3339(t));
-            let to_stdout =
-                !(self.answered == AnsweredMode::Off && v.verdict == VerdictKind::Answered);
-            match serde_json::to_value(&v) {
-                Ok(value) => self.write(value, to_stdout),
-                Err(err) => {
-                    self.user.write_errors += 1;
-                    tracing::warn!(%err, "verdict not serializable");
-                }
-            }
+            let shown = !(self.answered == AnsweredMode::Off && v.verdict == VerdictKind::Answered);
+            self.sinks.publish(&Output::Verdict(v), shown);
         }
     }
 
@@ -228,24 +199,14 @@ impl Pipeline {
             });
             self.user.summaries += 1;
             self.user.summarized_answers += s.count;
-            self.sinks.record_summary(&s);
-            if self.answered == AnsweredMode::Off {
-                continue;
-            }
-            match serde_json::to_value(&s) {
-                Ok(value) => self.write(value, true),
-                Err(err) => {
-                    self.user.write_errors += 1;
-                    tracing::warn!(%err, "summary not serializable");
-                }
-            }
+            let shown = self.answered != AnsweredMode::Off;
+            self.sinks.publish(&Output::Summary(s), shown);
         }
     }
 
-    /// Flushes stdout.
+    /// Flushes stdout; copies the sinks' error counts into the counters.
     pub fn flush(&mut self) {
-        if self.out.flush().is_err() {
-            self.user.write_errors += 1;
-        }
+        self.sinks.stdout.flush();
+        self.user.write_errors = self.sinks.stdout.write_errors + self.sinks.serialize_errors;
     }
 }

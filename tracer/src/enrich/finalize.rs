@@ -31,7 +31,7 @@ fn names(p: &KubePod) -> PodMeta {
 pub fn finalize(v: &mut Verdict, meta: &MetaCache, wall: &dyn Fn(u64) -> Option<String>) {
     v.time = wall(v.start_ns);
     annotate(v, meta);
-    v.refresh_hint();
+    v.hint = crate::verdict::hint::render(v);
 }
 
 /// Fills the Kubernetes fields of `v` from the cache; leaves them empty where unknown.

@@ -36,10 +36,7 @@ use prometheus_client::{
 use serde_json::Value;
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::sinks::{
-    json,
-    stream::{ObserveStats, filter},
-};
+use crate::sinks::stream::{ObserveStats, filter};
 
 /// Longest label value kept (longer ones are cut).
 pub const MAX_LABEL_LEN: usize = 64;
@@ -332,18 +329,60 @@ impl Metrics {
         }
     }
 
-    /// Counts one verdict line: `verdict`, `kind`, `drop.reason` (empty when none) and
-    /// `where.interface_kind` (empty when unknown). Lines without a `verdict` (packet events,
-    /// notices) are not counted.
-    pub fn record_verdict(&self, v: &Value) {
-        let Some(verdict) = json::str_at(v, "verdict") else {
-            return;
-        };
+    /// Counts one finished line from its typed form: verdicts by verdict, kind, drop reason
+    /// and the interface kind where the flow ended; summaries by their answers (and the DNS
+    /// latency histogram and rcode counter of their replica); per-flow DNS answers feed the
+    /// same histogram. Packet events are not counted.
+    pub fn record(&self, out: &crate::sinks::Output) {
+        use crate::sinks::Output;
+        match out {
+            Output::Verdict(v) => {
+                self.record_verdict_parts(
+                    v.verdict.as_str(),
+                    match v.kind {
+                        crate::verdict::FlowKind::Dns => "dns",
+                        crate::verdict::FlowKind::Egress => "egress",
+                    },
+                    v.drop.as_ref().map(|d| d.reason.as_str()),
+                    v.where_.interface_kind.map(|k| k.as_str()),
+                );
+                if v.verdict == crate::verdict::VerdictKind::Answered
+                    && let Some(d) = &v.dns
+                    && let (Some(rcode), Some(ms)) = (d.rcode, d.latency_ms)
+                {
+                    let server = label(&replica_label(&v.server.meta, v.server.ip));
+                    self.inner
+                        .dns_answers
+                        .get_or_create(&RcodeLabels {
+                            server: server.clone(),
+                            rcode: rcode.to_string(),
+                        })
+                        .inc();
+                    self.inner
+                        .dns_latency
+                        .get_or_create(&ServerLabels { server })
+                        .observe(ms / 1e3);
+                }
+            }
+            Output::Summary(s) => self.record_summary(s),
+            Output::Packet(_) => {}
+        }
+    }
+
+    /// Counts one verdict by its labels (`reason` and `interface_kind` empty when none). Values
+    /// are cut to [`MAX_LABEL_LEN`]; unknown verdicts and kinds are folded to `other`.
+    pub fn record_verdict_parts(
+        &self,
+        verdict: &str,
+        kind: &str,
+        reason: Option<&str>,
+        interface_kind: Option<&str>,
+    ) {
         let labels = VerdictLabels {
             verdict: known_or_other(verdict, &VERDICTS),
-            kind: known_or_other(json::str_at(v, "kind").unwrap_or_default(), &KINDS),
-            reason: label(json::str_at(v, "drop.reason").unwrap_or_default()),
-            interface_kind: label(json::str_at(v, "where.interface_kind").unwrap_or_default()),
+            kind: known_or_other(kind, &KINDS),
+            reason: label(reason.unwrap_or_default()),
+            interface_kind: label(interface_kind.unwrap_or_default()),
         };
         self.inner.verdicts.get_or_create(&labels).inc();
     }
@@ -381,7 +420,7 @@ impl Metrics {
 
     /// Counts the answers of a summary line: verdict counter, rcode counter and the latency
     /// histogram of its replica.
-    pub fn record_summary(&self, s: &crate::verdict::summary::Summary) {
+    fn record_summary(&self, s: &crate::verdict::summary::Summary) {
         let labels = VerdictLabels {
             verdict: "answered".into(),
             kind: "dns".into(),
@@ -637,19 +676,12 @@ mod tests {
     #[test]
     fn verdicts_counted_by_labels() {
         let m = Metrics::new();
-        let dropped = json!({"verdict": "dropped", "kind": "dns", "drop": {"reason": "NETFILTER_DROP"},
-                             "where": {"interface_kind": "pod_veth"}});
-        m.record_verdict(&dropped);
-        m.record_verdict(&dropped);
-        m.record_verdict(
-            &json!({"verdict": "answered", "kind": "dns", "where": {"interface_kind": "uplink"}}),
-        );
-        m.record_verdict(
-            &json!({"verdict": "brand_new", "kind": "quic", "drop": {"reason": "X".repeat(100)}}),
-        );
-        m.record_verdict(&json!({"type": "packet"}));
-        m.record_verdict(&json!(null));
-        m.record_verdict(&json!({"verdict": 3}));
+        let dropped =
+            || m.record_verdict_parts("dropped", "dns", Some("NETFILTER_DROP"), Some("pod_veth"));
+        dropped();
+        dropped();
+        m.record_verdict_parts("answered", "dns", None, Some("uplink"));
+        m.record_verdict_parts("brand_new", "quic", Some(&"X".repeat(100)), None);
         let text = m.render();
         let got = lines(&text);
         for want in [
@@ -786,7 +818,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let m = Metrics::new();
         let task = tokio::spawn(serve_listener(listener, m.clone()));
-        m.record_verdict(&json!({"verdict": "unanswered", "kind": "dns"}));
+        m.record_verdict_parts("unanswered", "dns", None, None);
 
         let (status, head, body) = get(addr, "/metrics").await;
         assert_eq!(status, 200);

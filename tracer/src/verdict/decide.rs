@@ -758,7 +758,7 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
         reply_after_ms,
     };
 
-    let mut v = Verdict {
+    Verdict {
         schema: SCHEMA,
         time: None,
         start_ns: start,
@@ -798,7 +798,5 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
         enrichment: None,
         hint: String::new(),
         facts,
-    };
-    v.refresh_hint();
-    v
+    }
 }

@@ -4,7 +4,7 @@
 //! Every key is always present (`null` when it does not apply or is not known yet), so SIEM
 //! mappings see one shape. The enrichment stage fills the `Option` metadata fields
 //! ([`PodMeta`], [`Server::service`], [`EgressInterface::eni_id`], [`Verdict::time`],
-//! [`Verdict::enrichment`]) and then calls [`Verdict::refresh_hint`] so the hint names pods
+//! [`Verdict::enrichment`]) and then renders the hint (`hint::render`) so it names pods
 //! and nodes instead of bare addresses.
 
 use std::net::IpAddr;
@@ -399,13 +399,6 @@ pub struct Verdict {
     /// Facts behind the hint that are not in the JSON.
     #[serde(skip)]
     pub(crate) facts: HintFacts,
-}
-
-impl Verdict {
-    /// Re-renders [`Verdict::hint`] from the current fields (call after enrichment).
-    pub fn refresh_hint(&mut self) {
-        self.hint = super::hint::render(self);
-    }
 }
 
 /// Where the client sits relative to this node, judged from the first request sighting.
