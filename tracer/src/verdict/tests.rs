@@ -1695,7 +1695,7 @@ fn refresh_hint_uses_enrichment() {
         v.hint
     );
     enrich(v);
-    v.hint = super::hint::render(&v);
+    v.hint = super::hint::render(v);
     assert!(
         v.hint.starts_with(
             "CoreDNS replica kube-system/coredns-5d78c9869d-8xk2p on node-a (198.18.1.30) received"
