@@ -45,6 +45,11 @@ pub enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         packets: u32,
     },
+    /// Attach a stand-in for another tool's tc program (drops DNS, passes the rest with
+    /// TC_ACT_OK) to an interface until SIGTERM: the transparency tests' "other tool".
+    #[cfg(feature = "devtools")]
+    #[command(hide = true)]
+    StubPolicy(crate::devtools::stub::StubArgs),
 }
 
 /// Options of `tracer meta-dump`.

@@ -42,6 +42,8 @@ fn main() -> std::process::ExitCode {
         cli::Command::MetaBench { pods, nodes } => enrich::bench_main(pods, nodes),
         #[cfg(feature = "devtools")]
         cli::Command::Bench { packets } => devtools::bench::main(packets),
+        #[cfg(feature = "devtools")]
+        cli::Command::StubPolicy(args) => devtools::stub::main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -82,6 +82,11 @@ impl TcProgram {
         Self::Empty,
     ];
 
+    /// True for the ingress programs.
+    pub const fn is_ingress(self) -> bool {
+        matches!(self, Self::PodIn | Self::UplinkIn | Self::OtherIn)
+    }
+
     /// Symbol name in the object (also the program name the kernel shows, which is how a
     /// filter left behind by a killed tracer is recognised).
     pub const fn name(self) -> &'static str {
@@ -96,6 +101,25 @@ impl TcProgram {
         }
     }
 }
+
+/// Priority of the tracer's clsact filters (netlink mode).
+pub const NETLINK_PRIORITY: u16 = 1;
+
+/// Names of tc programs of this and earlier versions of the tracer: a clsact filter with one
+/// of these names that the running tracer did not attach was left by a killed predecessor.
+pub const OUR_PROGRAM_NAMES: [&str; 11] = [
+    "tc_pod_in",
+    "tc_pod_out",
+    "tc_uplink_in",
+    "tc_uplink_out",
+    "tc_other_in",
+    "tc_other_out",
+    "tc_empty",
+    "tc_in",
+    "tc_out",
+    "tc_in_track",
+    "tc_out_track",
+];
 
 /// Sizes and settings the kernel programs are loaded with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,6 +260,28 @@ impl Capture {
         })
     }
 
+    /// Whether attachments are netlink clsact filters (else tcx links).
+    pub fn netlink_mode(&self) -> bool {
+        match self.mode {
+            TcMode::Netlink => true,
+            TcMode::Tcx => false,
+            TcMode::Auto => !tcx_available(),
+        }
+    }
+
+    /// Kernel ids of the loaded tc programs (to find our own attachments).
+    pub fn program_ids(&mut self) -> std::collections::HashMap<TcProgram, u32> {
+        let mut out = std::collections::HashMap::new();
+        for prog in TcProgram::ALL {
+            if let Ok(p) = self.classifier(prog)
+                && let Ok(info) = p.info()
+            {
+                out.insert(prog, info.id());
+            }
+        }
+        out
+    }
+
     /// Chooses how later [`Capture::attach_tc`] calls attach.
     pub fn set_tc_mode(&mut self, mode: TcMode) {
         self.mode = mode;
@@ -281,23 +327,27 @@ impl Capture {
             TcAttachType::Egress
         };
         let name = prog.name();
-        let netlink = match self.mode {
-            TcMode::Netlink => true,
-            TcMode::Tcx => false,
-            TcMode::Auto => !tcx_available(),
-        };
+        let netlink = self.netlink_mode();
         let p = self.classifier(prog)?;
         let how = if netlink {
             // The clsact qdisc must exist first; one that is already there is fine.
             let _ = aya::programs::tc::qdisc_add_clsact(ifindex);
+            // Priority 1 (the lowest number, run first): filters at the same priority run
+            // newest first, so a filter another tool adds later at priority 1 (the VPC CNI
+            // network-policy agent uses 1) runs before ours. See the README's limits.
             TcAttach::Netlink {
                 parent: attach_type.into(),
-                options: Default::default(),
+                options: aya::programs::tc::NlOptions {
+                    priority: NETLINK_PRIORITY,
+                    ..Default::default()
+                },
             }
         } else {
+            // At the head: the tracer sees each packet before anyone decides its fate, and
+            // its TCX_NEXT hands every packet on.
             TcAttach::Tcx {
                 attach_type,
-                order: Default::default(),
+                order: aya::programs::links::LinkOrder::first(),
             }
         };
         p.attach(ifindex, how)

@@ -10,6 +10,7 @@
 //! * [`signals`]: node-level counters no packet event shows (conntrack, ENA allowances).
 
 pub mod attach;
+pub mod hooks;
 pub mod iface;
 pub mod kernel;
 pub mod load;

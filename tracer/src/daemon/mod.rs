@@ -151,6 +151,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     mgr.discover(&handle, &mut capture)
         .await
         .context("listing interfaces")?;
+    mgr.refresh_hooks(&handle).await;
     let sweep_period = TICK * SWEEP_EVERY;
     let mut kt = KernelTables::new(tables, load_cfg.dns, ns(sweep_period), mono_ns());
     let mut scope = Scope::new(own_netns);
@@ -193,6 +194,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_tick = tokio::time::interval(args.stats_interval);
     stats_tick.tick().await;
+    let mut reconcile_tick = tokio::time::interval(crate::capture::attach::RECONCILE_INTERVAL);
+    reconcile_tick.tick().await;
     let mut node_signals = signals::all();
     let summary_ns = ns(args.summary_interval);
     let mut ticks: u32 = 0;
@@ -206,7 +209,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 if ticks.is_multiple_of(SWEEP_EVERY) {
                     sweep(&mut kt, &mut p, &capture, &mgr, &scope, now);
                 }
-                p.poll(now);
+                p.poll(now, mgr.hooks());
+                metrics.heartbeat(now / 1_000_000_000);
                 if let Some((start, end)) = kt.collect(&mut p.summaries) {
                     p.emit_summaries(start, end);
                 }
@@ -230,10 +234,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 match msg {
                     Some((msg, _)) => {
                         mgr.on_message(&msg, &mut capture);
+                        mgr.refresh_hooks(&handle).await;
                         scope.refresh(&mut handle, &mgr, kt.scope_map()).await;
                     }
-                    None => break Err(anyhow::anyhow!("netlink link notifications ended")),
+                    None => {
+                        // The notification socket died (overrun, error): open a new one and
+                        // reconcile, so nothing that happened meanwhile is missed.
+                        tracing::warn!("netlink link notifications ended: reconnecting");
+                        let (conn, h, events) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+                            .context("reopening netlink")?;
+                        tokio::spawn(conn);
+                        handle = h;
+                        link_events = events;
+                        mgr.reconcile(&handle, &mut capture).await;
+                        scope.refresh(&mut handle, &mgr, kt.scope_map()).await;
+                    }
                 }
+            }
+            _ = reconcile_tick.tick() => {
+                mgr.reconcile(&handle, &mut capture).await;
+                scope.refresh(&mut handle, &mgr, kt.scope_map()).await;
             }
             _ = stats_tick.tick() => log_counters(&capture, &mgr, &p, &kt),
             _ = metrics_tick.tick() => {
@@ -263,7 +283,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         p.emit_summaries(start, end);
     }
     // Every open flow gets its say.
-    p.finish();
+    p.finish(mgr.hooks());
     log_counters(&capture, &mgr, &p, &kt);
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);

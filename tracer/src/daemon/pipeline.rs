@@ -3,13 +3,16 @@
 //! it and sets its clock; it owns no I/O besides the sinks.
 
 use crate::{
-    capture::iface::IfaceTable,
+    capture::{hooks::HookTable, iface::IfaceTable},
     decode::{
         self, Record, Symbols,
         event::{Hook, PacketEvent},
         record::{DnsFlowRecord, Why},
     },
-    enrich::MetaCache,
+    enrich::{
+        MetaCache,
+        finalize::{Facts, finalize},
+    },
     sinks::{Output, Sinks},
     verdict::{
         Correlator, Verdict, VerdictKind,
@@ -168,22 +171,27 @@ impl Pipeline {
     }
 
     /// Emits the verdicts of flows that completed or whose window closed by `now`.
-    pub fn poll(&mut self, now: u64) {
+    pub fn poll(&mut self, now: u64, hooks: &HookTable) {
         let verdicts = self.correlator.poll(now);
-        self.emit(verdicts);
+        self.emit(verdicts, hooks);
     }
 
     /// Emits every open flow's verdict (shutdown).
-    pub fn finish(&mut self) {
+    pub fn finish(&mut self, hooks: &HookTable) {
         let verdicts = self.correlator.flush();
-        self.emit(verdicts);
+        self.emit(verdicts, hooks);
         self.flush();
     }
 
-    fn emit(&mut self, verdicts: Vec<Verdict>) {
+    fn emit(&mut self, verdicts: Vec<Verdict>, hooks: &HookTable) {
         for mut v in verdicts {
             let clock = &self.clock;
-            crate::enrich::finalize::finalize(&mut v, &self.meta, &|t| clock.wall_rfc3339(t));
+            let facts = Facts {
+                meta: &self.meta,
+                hooks,
+                wall: &|t| clock.wall_rfc3339(t),
+            };
+            finalize(&mut v, &facts);
             let shown = !(self.answered == AnsweredMode::Off && v.verdict == VerdictKind::Answered);
             self.sinks.publish(&Output::Verdict(v), shown);
         }

@@ -5,3 +5,5 @@
 #[cfg(feature = "devtools")]
 pub mod bench;
 pub mod packets;
+#[cfg(feature = "devtools")]
+pub mod stub;

@@ -6,6 +6,7 @@
 //! the API was down". Nothing edits a line after this.
 
 use crate::{
+    capture::hooks::HookTable,
     decode::event::IfaceKind,
     enrich::{MetaCache, PodMeta as KubePod},
     verdict::{
@@ -26,11 +27,26 @@ fn names(p: &KubePod) -> PodMeta {
     }
 }
 
-/// Finishes `v`: its wall-clock time (`wall` converts the kernel's monotonic ns), Kubernetes
-/// names from the cache (empty where unknown) and the hint.
-pub fn finalize(v: &mut Verdict, meta: &MetaCache, wall: &dyn Fn(u64) -> Option<String>) {
-    v.time = wall(v.start_ns);
-    annotate(v, meta);
+/// What finalize adds to a verdict besides its own fields.
+pub struct Facts<'a> {
+    /// Kubernetes names.
+    pub meta: &'a MetaCache,
+    /// Other tools' programs at each tc hook.
+    pub hooks: &'a HookTable,
+    /// Monotonic ns → RFC 3339.
+    pub wall: &'a dyn Fn(u64) -> Option<String>,
+}
+
+/// Finishes `v`: its wall-clock time, Kubernetes names from the cache (empty where unknown),
+/// the programs at the hook of a drop by a tc program, and last the hint.
+pub fn finalize(v: &mut Verdict, f: &Facts<'_>) {
+    v.time = (f.wall)(v.start_ns);
+    annotate(v, f.meta);
+    if let Some(d) = v.drop.as_mut()
+        && let Some(ingress) = d.tc_hook()
+    {
+        d.programs = Some(f.hooks.get(d.ifindex, ingress).to_vec());
+    }
     v.hint = crate::verdict::hint::render(v);
 }
 

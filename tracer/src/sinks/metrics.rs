@@ -18,7 +18,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -151,6 +151,8 @@ struct Inner {
     dns_answers: Family<RcodeLabels, Counter>,
     dns_latency: Family<ServerLabels, Histogram, fn() -> Histogram>,
     ready: AtomicBool,
+    /// When the daemon's main loop last went round (`CLOCK_MONOTONIC` s; 0 before the first).
+    heartbeat: AtomicU64,
     observe_stats: Mutex<Option<ObserveStats>>,
 }
 
@@ -324,6 +326,7 @@ impl Metrics {
                 dns_answers,
                 dns_latency,
                 ready: AtomicBool::new(false),
+                heartbeat: AtomicU64::new(0),
                 observe_stats: Mutex::new(None),
             }),
         }
@@ -552,6 +555,18 @@ impl Metrics {
         self.inner.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// Records that the main loop went round (at `now_s`, monotonic seconds).
+    pub fn heartbeat(&self, now_s: u64) {
+        self.inner.heartbeat.store(now_s, Ordering::Relaxed);
+    }
+
+    /// Whether the main loop went round within [`HEARTBEAT_MAX`] of `now_s` (before its first
+    /// round: alive, it is starting).
+    pub fn is_alive(&self, now_s: u64) -> bool {
+        let beat = self.inner.heartbeat.load(Ordering::Relaxed);
+        beat == 0 || now_s.saturating_sub(beat) <= HEARTBEAT_MAX.as_secs()
+    }
+
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Relaxed)
@@ -597,7 +612,14 @@ impl Metrics {
         }
         match req.uri().path() {
             "/metrics" => reply(StatusCode::OK, CONTENT_TYPE, Bytes::from(self.render())),
-            "/healthz" => reply(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
+            "/healthz" if self.is_alive(monotonic_s()) => {
+                reply(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n"))
+            }
+            "/healthz" => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                Bytes::from_static(b"stalled: the main loop has not gone round recently\n"),
+            ),
             "/readyz" if self.is_ready() => {
                 reply(StatusCode::OK, TEXT, Bytes::from_static(b"ready\n"))
             }
@@ -613,6 +635,20 @@ impl Metrics {
             ),
         }
     }
+}
+
+/// `/healthz` fails when the daemon's main loop has not gone round for this long.
+pub const HEARTBEAT_MAX: Duration = Duration::from_secs(30);
+
+/// `CLOCK_MONOTONIC` in whole seconds.
+pub fn monotonic_s() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0)
 }
 
 /// Binds `addr` now (so a taken port fails start-up) and returns the server: a future that
@@ -836,6 +872,16 @@ mod tests {
         );
         m.set_ready(true);
         assert_eq!(get(addr, "/readyz").await.0, 200);
+        // /healthz follows the main loop's heartbeat.
+        m.heartbeat(monotonic_s());
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        m.heartbeat(
+            monotonic_s()
+                .saturating_sub(HEARTBEAT_MAX.as_secs() + 5)
+                .max(1),
+        );
+        assert_eq!(get(addr, "/healthz").await.0, 503);
+        m.heartbeat(monotonic_s());
         assert_eq!(get(addr, "/nope").await.0, 404);
 
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");

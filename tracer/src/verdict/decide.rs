@@ -690,6 +690,8 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
                 interface_kind: s.iface_kind(),
                 netns: d.netns,
                 direction: s.dir,
+                programs: None,
+                ifindex: s.iface.ifindex,
             }),
             _ => None,
         },

@@ -320,7 +320,26 @@ impl Flow {
                 IfaceKind::Uplink | IfaceKind::BranchEni | IfaceKind::Trunk,
                 _,
             )) => ClientSide::Remote,
-            _ => ClientSide::Host,
+            Some(_) => ClientSide::Host,
+            // Never seen passing (another tool's tc program ran first and dropped it): a drop
+            // at an interface's ingress hook still says where the request came in.
+            None => self
+                .attempts
+                .iter()
+                .flat_map(|a| &a.sightings)
+                .filter(|s| s.hook == Hook::Drop && s.dir == Direction::Request)
+                .min_by_key(|s| (s.ts, s.order))
+                .and_then(|s| match (&s.detail, s.iface.kind) {
+                    (Detail::Drop(d), IfaceKind::PodVeth) if d.reason == "TC_INGRESS" => {
+                        Some(ClientSide::Pod)
+                    }
+                    (
+                        Detail::Drop(d),
+                        IfaceKind::Uplink | IfaceKind::BranchEni | IfaceKind::Trunk,
+                    ) if d.reason == "TC_INGRESS" => Some(ClientSide::Remote),
+                    _ => None,
+                })
+                .unwrap_or(ClientSide::Host),
         }
     }
 

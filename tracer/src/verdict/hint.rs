@@ -233,6 +233,9 @@ fn dropped(v: &Verdict) -> String {
     let port = v.server.port;
     let node = &v.node;
     let suffix = retries_suffix(v);
+    if let Some(ingress) = d.tc_hook() {
+        return tc_program_drop(v, d, ingress);
+    }
     if matches!(v.where_.stage, Stage::ClientSocket | Stage::ClientPod)
         && let Some((from, asked)) = v.facts.reply_from
     {
@@ -332,6 +335,47 @@ fn dropped(v: &Verdict) -> String {
             d.location
         ),
     }
+}
+
+/// A drop decided by a tc program (reason TC_INGRESS / TC_EGRESS): another datapath program,
+/// not the kernel's own stack, dropped it.
+fn tc_program_drop(v: &Verdict, d: &super::model::DropOut, ingress: bool) -> String {
+    let hook = if ingress { "ingress" } else { "egress" };
+    let at = d.interface.as_deref().unwrap_or("an interface");
+    let what = if d.direction == Direction::Request {
+        format!("{} from {}", request(v), client(v))
+    } else {
+        format!("the reply from {} to {}", server(v), client(v))
+    };
+    let progs = d.programs.as_deref().unwrap_or_default();
+    let named: Vec<String> = progs
+        .iter()
+        .map(|p| match p.tool {
+            Some(t) => format!("{t} ({}, program id {})", p.name, p.id),
+            None => format!("{} (program id {})", p.name, p.id),
+        })
+        .collect();
+    let who = match named.as_slice() {
+        [] => "another tc program (it was gone when the verdict was made)".to_owned(),
+        [one] => one.clone(),
+        many => format!("one of {}", many.join(", ")),
+    };
+    let look = match progs.iter().find_map(|p| p.tool) {
+        Some("VPC CNI network-policy agent") => {
+            ": check the NetworkPolicies that select this pod (the agent enforces them)"
+        }
+        Some("Cilium") => {
+            ": check the CiliumNetworkPolicies / NetworkPolicies (`cilium monitor --type drop`)"
+        }
+        Some("Calico") => ": check the Calico and Kubernetes network policies for this pod",
+        _ => {
+            ": check which tool attached it (`bpftool net show`, `tc filter show dev <iface> ingress`)"
+        }
+    };
+    format!(
+        "another datapath program dropped {what} at {at} ({hook}), not the kernel's own stack: {who}{look}{}",
+        retries_suffix(v)
+    )
 }
 
 fn rejected(v: &Verdict) -> String {

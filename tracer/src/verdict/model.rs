@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::capture::hooks::HookProgram;
 use crate::decode::event::{Hook, IcmpKind, IfaceKind, QType, Rcode};
 
 /// Value of [`Verdict::schema`].
@@ -226,6 +227,24 @@ pub struct DropOut {
     pub netns: u32,
     /// Whether the request or the response was dropped.
     pub direction: Direction,
+    /// For a drop by a tc program (`TC_INGRESS` / `TC_EGRESS`): the other tools' programs
+    /// attached at that hook, as the kernel lists them, in the order they run; null otherwise.
+    pub programs: Option<Vec<HookProgram>>,
+    /// Index of the device (not serialized; finalize looks the hook up by it).
+    #[serde(skip)]
+    pub ifindex: u32,
+}
+
+impl DropOut {
+    /// The tc hook that dropped the packet (`Some(true)` ingress), for `TC_INGRESS` /
+    /// `TC_EGRESS` drops.
+    pub fn tc_hook(&self) -> Option<bool> {
+        match self.reason.as_str() {
+            "TC_INGRESS" => Some(true),
+            "TC_EGRESS" => Some(false),
+            _ => None,
+        }
+    }
 }
 
 /// How the request was rejected (present iff `verdict` is `rejected`).

@@ -635,6 +635,21 @@ cases! {
             &[("/hint", "An iptables/nftables rule (NetworkPolicy?) on node node-a dropped the DNS query for web.default.svc.cluster.local (A) from pod 198.18.1.21"), ("/hint", "at eni1a2b3c4d5e6; look at `iptables-save`")],
         )],
     );
+    // A drop by another tool's tc program: a datapath program, not the kernel's stack.
+    c05_tc_program_drop => case(
+        evs(vec![
+            drop_ev(0.0, client_veth(), Proto::Udp, &c(40031), KUBE_DNS, "TC_INGRESS", "tcf_classify+0x1c").query(6, QN, "A"),
+        ]),
+        5100.0,
+        vec![exp(
+            &[
+                ("/verdict", json!("dropped")),
+                ("/drop/reason", json!("TC_INGRESS")),
+                ("/drop/interface", json!("eni1a2b3c4d5e6")),
+            ],
+            &[("/hint", "Another datapath program dropped the DNS query for web.default.svc.cluster.local (A) from pod 198.18.1.21 at eni1a2b3c4d5e6 (ingress), not the kernel's own stack")],
+        )],
+    );
     // A drop without a device after the pod veth: `where` names the veth, `drop` no device.
     c05_netfilter_drop_without_device => case(
         evs(vec![
@@ -1623,6 +1638,49 @@ fn stats_count_verdicts() {
             .map(|k| s.verdicts.get(*k))
             .sum::<u64>(),
         3
+    );
+}
+
+/// The hint names the tool whose tc program dropped the packet, from the programs finalize
+/// found at that hook.
+#[test]
+fn tc_drop_hint_names_the_other_tool() {
+    use crate::capture::hooks::{AttachMode, HookProgram, tool_of};
+    let steps = evs(vec![
+        drop_ev(
+            0.0,
+            client_veth(),
+            Proto::Udp,
+            &c(40031),
+            KUBE_DNS,
+            "TC_INGRESS",
+            "tcf_classify+0x1c",
+        )
+        .query(6, QN, "A"),
+    ]);
+    let (mut out, _) = run_steps(Config::new("node-a"), &steps, 6000.0, false);
+    let v = out.first_mut().expect("a verdict");
+    let d = v.drop.as_mut().expect("drop");
+    assert_eq!(d.tc_hook(), Some(true));
+    d.programs = Some(vec![HookProgram {
+        name: "handle_ingress".into(),
+        id: 42,
+        attach: AttachMode::Clsact,
+        tool: tool_of("handle_ingress"),
+    }]);
+    let hint = super::hint::render(v);
+    assert!(
+        hint.contains("VPC CNI network-policy agent (handle_ingress, program id 42)"),
+        "{hint}"
+    );
+    assert!(
+        hint.contains("NetworkPolicies that select this pod"),
+        "{hint}"
+    );
+    let j = to_json(v);
+    assert_eq!(
+        j["drop"]["programs"][0]["tool"],
+        "VPC CNI network-policy agent"
     );
 }
 
