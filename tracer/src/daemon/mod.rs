@@ -1,6 +1,8 @@
 //! `tracer run`: the daemon loop. Owns the capture, the attach manager, and the path from
 //! ring-buffer records to stdout.
 
+pub mod preflight;
+
 use std::{
     collections::{HashMap, HashSet},
     io::Write as _,
@@ -234,6 +236,7 @@ impl Scope {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    preflight::check()?;
     let classifier = Classifier::new(&args.iface_overrides)?.with_pod_prefix(&args.veth_prefix);
     // Sinks first: a taken port or socket fails start-up, and /healthz answers while loading.
     let metrics = crate::sinks::metrics::Metrics::new();
@@ -267,13 +270,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let (offsets, symbols) = kernel_facts(args.no_drops);
 
-    let mut capture =
-        Capture::load(offsets).context("loading the kernel programs (are you root?)")?;
+    let mut capture = Capture::load(offsets).map_err(preflight::load_error)?;
     capture.set_tc_mode(args.tc_attach);
     if !args.no_drops
         && offsets.is_some()
         && let Err(err) = capture.attach_drops()
     {
+        let err = preflight::load_error(err);
         tracing::warn!(%err, "drop tracing unavailable: verdicts will lack kernel drop reasons");
     }
 
@@ -315,7 +318,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.ready_file {
         std::fs::write(path, b"ready\n").with_context(|| format!("writing {}", path.display()))?;
     }
-    tracing::info!(interfaces = mgr.stats().attached, "tracer running");
+    tracing::info!(
+        interfaces = mgr.stats().attached,
+        attach = preflight::attach_mode(args.tc_attach),
+        socket = %if args.no_socket { "off".into() } else { args.socket.display().to_string() },
+        metrics = %args.metrics_addr.map_or("off".into(), |a| format!("http://{a}/metrics")),
+        "tracer running"
+    );
     metrics.set_ready(true);
     // Its first tick is immediate: the metrics are filled at once.
     let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
