@@ -1703,6 +1703,9 @@ fn enrich(v: &mut Verdict) {
         namespace: Some(ns.into()),
         workload: Some(workload.into()),
         node: Some(node.into()),
+        labels: workload
+            .split_once('/')
+            .map(|(_, app)| [("app".to_owned(), app.to_owned())].into()),
     };
     v.client.meta = match v.client.ip.to_string().as_str() {
         "198.18.1.21" => pod(

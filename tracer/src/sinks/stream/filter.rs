@@ -962,6 +962,24 @@ mod tests {
     }
 
     #[test]
+    fn selector_on_a_real_verdict_line() {
+        // docs/examples are serialized from the verdict types, enriched like the daemon does.
+        let v: Value = serde_json::from_str(include_str!(
+            "../../../../docs/examples/lost_beyond_node.json"
+        ))
+        .expect("example");
+        let m = |sel: &str| {
+            f(|f| f.selector = s(&[sel]))
+                .compile()
+                .expect(sel)
+                .matches(&v)
+        };
+        assert!(m("app=checkout"), "client labels");
+        assert!(m("app=coredns"), "server labels");
+        assert!(!m("app=payments"));
+    }
+
+    #[test]
     fn negations() {
         let dns = dns_verdict();
         let egress = egress_verdict();
