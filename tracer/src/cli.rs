@@ -63,6 +63,9 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = t.parse::<SocketAddr>() {
         return Ok(addr);
     }
+    if t.contains("://") {
+        return Err(format!("{t:?}: give HOST:PORT without a scheme; {hint}"));
+    }
     if let Some(port) = t.strip_prefix(':') {
         return port
             .parse::<u16>()
@@ -260,6 +263,7 @@ mod tests {
             ("localhost", "is not an address"),
             ("localhost:99999", "is not an address"),
             (":x", "bad port"),
+            ("http://0.0.0.0:9090", "without a scheme"),
             ("", "is not an address"),
         ] {
             let e = parse_listen_addr(bad).expect_err(bad);
