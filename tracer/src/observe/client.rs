@@ -465,7 +465,12 @@ pub async fn stream_to(
             }
             Action::Fail(msg) => {
                 flush(&mut out)?;
-                anyhow::bail!("tracer run refused the request: {msg}");
+                let older = if msg.contains("unknown field") {
+                    " (is `tracer run` an older version than this `tracer observe`?)"
+                } else {
+                    ""
+                };
+                anyhow::bail!("tracer run refused the request: {msg}{older}");
             }
             Action::Skip => {}
         }
