@@ -1,10 +1,78 @@
 //! Builds the eBPF object with aya-build (pinned toolchain, `-Z build-std=core` through
-//! RUSTC_BOOTSTRAP) and leaves it in OUT_DIR for `include_bytes_aligned!`.
+//! RUSTC_BOOTSTRAP) and leaves it in OUT_DIR for `include_bytes_aligned!`; sets
+//! TRACER_GIT_COMMIT and TRACER_BUILD_DATE for `tracer --version`.
+
+use std::process::Command;
 
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
+/// Output of a git command run in the crate directory, trimmed; `None` when git is missing or
+/// this is not a checkout (a source tarball, a container build without .git).
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let text = text.trim();
+    (out.status.success() && !text.is_empty()).then(|| text.to_owned())
+}
+
+/// Civil date (UTC) of a Unix time, `YYYY-MM-DD` (Howard Hinnant's days-to-civil).
+fn utc_date(secs: i64) -> String {
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// `tracer --version`: the commit (TRACER_GIT_COMMIT wins, for builds without .git, e.g.
+/// `--build-arg`), and the build date (SOURCE_DATE_EPOCH wins, for reproducible builds).
+fn version_env() {
+    println!("cargo::rerun-if-env-changed=TRACER_GIT_COMMIT");
+    println!("cargo::rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    let commit = std::env::var("TRACER_GIT_COMMIT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_owned());
+    // Rebuild the version when HEAD moves (a worktree's HEAD lives in its own git dir, the
+    // branch refs in the common one).
+    // Only files that exist: cargo reruns a build script always when one is missing.
+    let watch = |path: String| {
+        if std::path::Path::new(&path).exists() {
+            println!("cargo::rerun-if-changed={path}");
+        }
+    };
+    for (what, file) in [("--git-dir", "HEAD"), ("--git-common-dir", "packed-refs")] {
+        if let Some(dir) = git(&["rev-parse", "--path-format=absolute", what]) {
+            watch(format!("{dir}/{file}"));
+        }
+    }
+    if let Some(branch_ref) = git(&["symbolic-ref", "-q", "HEAD"])
+        && let Some(common) = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])
+    {
+        watch(format!("{common}/{branch_ref}"));
+    }
+    let secs = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+                .unwrap_or(0)
+        });
+    println!("cargo::rustc-env=TRACER_GIT_COMMIT={commit}");
+    println!("cargo::rustc-env=TRACER_BUILD_DATE={}", utc_date(secs));
+}
+
 fn main() -> anyhow::Result<()> {
+    version_env();
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

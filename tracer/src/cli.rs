@@ -1,16 +1,90 @@
 //! Command line.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    net::{SocketAddr, ToSocketAddrs as _},
+    path::PathBuf,
+    time::Duration,
+};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+
+/// `tracer --version`: the crate version, the git commit and the build date (from build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TRACER_GIT_COMMIT"),
+    ", built ",
+    env!("TRACER_BUILD_DATE"),
+    ")"
+);
 
 /// Per-flow verdicts for DNS and pod egress on Kubernetes nodes: where did the packet die?
 #[derive(Debug, Parser)]
-#[command(name = "tracer", version, about)]
+#[command(name = "tracer", version = VERSION, about)]
 pub struct Cli {
+    /// Log level on stderr: error, warn, info (default), debug (adds the verifier log of a
+    /// program the kernel refused), trace. TRACER_LOG takes filter directives instead.
+    #[arg(long, global = true, value_name = "LEVEL",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Parses the command line (exiting with clap's message on an error), including what clap
+/// derive cannot express: `tracer observe --not <filter flag>`.
+pub fn parse() -> Cli {
+    let mut command = Cli::command();
+    let matches = command.get_matches_mut();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit());
+    if let (Command::Observe(args), Some(("observe", sub))) =
+        (&mut cli.command, matches.subcommand())
+        && let Err(msg) = args.take_negations(sub)
+    {
+        let mut observe = command
+            .find_subcommand_mut("observe")
+            .cloned()
+            .unwrap_or(command);
+        observe
+            .error(clap::error::ErrorKind::ArgumentConflict, msg)
+            .exit();
+    }
+    cli
+}
+
+/// Parses a listen address: `HOST:PORT` with an IP or a name (`localhost:9090`, resolved now),
+/// `[::]:9090`, or `:9090` for every interface.
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    let hint = "expected HOST:PORT, e.g. 0.0.0.0:9090 (every interface), 127.0.0.1:9090, \
+                localhost:9090 or [::]:9090";
+    if let Ok(addr) = t.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if t.contains("://") {
+        return Err(format!("{t:?}: give HOST:PORT without a scheme; {hint}"));
+    }
+    if let Some(port) = t.strip_prefix(':') {
+        return port
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
+            .map_err(|_| format!("bad port in {t:?}: {hint}"));
+    }
+    if t.parse::<u16>().is_ok() {
+        return Err(format!(
+            "{t:?} has no host: {hint} (0.0.0.0:{t} listens on every interface)"
+        ));
+    }
+    match t.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => t
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host:?}: {e}; {hint}"))?
+            .next()
+            .ok_or_else(|| format!("{host:?} resolves to no address; {hint}")),
+        _ => Err(format!("{t:?} is not an address: {hint}")),
+    }
 }
 
 /// Subcommands.
@@ -23,7 +97,7 @@ pub enum Command {
     /// Stream this node's verdicts from the running `tracer run`, filtered, as a table or JSON
     /// (root only: reads its Unix socket). E.g. `tracer observe --verdict dropped,lost_beyond_node
     /// -n shop` or `tracer observe --last 100 --no-follow -o json`.
-    Observe(crate::observe::client::ObserveArgs),
+    Observe(Box<crate::observe::client::ObserveArgs>),
     /// Start the Kubernetes metadata cache, wait until it is ready, print it as JSON and exit.
     #[command(hide = true)]
     MetaDump(MetaDumpArgs),
@@ -136,10 +210,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub stats_interval: Duration,
 
-    /// Serve Prometheus metrics (/metrics), /healthz and /readyz on this address, e.g.
-    /// 0.0.0.0:9090. Not served when not given.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz on HOST:PORT, e.g.
+    /// 0.0.0.0:9090 (every interface), 127.0.0.1:9090, localhost:9090, or :9090. Not served
+    /// when not given.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr)]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Unix socket for `tracer observe` (created mode 0600: root only).
     #[arg(long, value_name = "PATH", default_value = crate::sinks::stream::DEFAULT_SOCKET)]
@@ -204,5 +279,32 @@ mod tests {
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let ok = |s: &str| parse_listen_addr(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(ok("0.0.0.0:9090"), SocketAddr::from(([0, 0, 0, 0], 9090)));
+        assert_eq!(ok("[::]:9090").port(), 9090);
+        assert_eq!(ok(":9464"), SocketAddr::from(([0, 0, 0, 0], 9464)));
+        assert!(ok("localhost:9090").ip().is_loopback());
+        for (bad, needle) in [
+            ("9090", "has no host"),
+            ("localhost", "is not an address"),
+            ("localhost:99999", "is not an address"),
+            (":x", "bad port"),
+            ("http://0.0.0.0:9090", "without a scheme"),
+            ("", "is not an address"),
+        ] {
+            let e = parse_listen_addr(bad).expect_err(bad);
+            assert!(e.contains(needle), "{bad}: {e}");
+            assert!(e.contains("e.g. 0.0.0.0:9090"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn version_names_commit_and_date() {
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+        assert!(VERSION.contains("(commit ") && VERSION.contains(", built "));
     }
 }

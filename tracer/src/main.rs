@@ -11,25 +11,33 @@ mod observe;
 mod sinks;
 mod verdict;
 
-use clap::Parser as _;
-
-/// Log filter unless TRACER_LOG says otherwise. kube-client logs an error on every retry while
-/// the API is down; the metadata cache logs one warning per outage instead.
+/// Log filter unless `--log-level` or TRACER_LOG says otherwise. kube-client logs an error on
+/// every retry while the API is down; the metadata cache logs one warning per outage instead.
 const DEFAULT_LOG: &str = "info,kube_client::client::builder=off";
 
+/// The log filter: `--log-level` (one level for everything, the kube-client retry noise still
+/// off below debug), else TRACER_LOG's directives, else [`DEFAULT_LOG`].
+fn log_filter(level: Option<&str>) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    match level {
+        Some(l @ ("debug" | "trace")) => EnvFilter::new(l),
+        Some(l) => EnvFilter::new(format!("{l},kube_client::client::builder=off")),
+        None => {
+            EnvFilter::try_from_env("TRACER_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG))
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    let cli = cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
-        )
+        .with_env_filter(log_filter(cli.log_level.as_deref()))
         .init();
-    let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Run(args) => daemon::main(args),
-        cli::Command::Observe(args) => observe::client::main(args),
+        cli::Command::Observe(args) => observe::client::main(*args),
         cli::Command::MetaDump(a) => enrich::dump_main(
             enrich::EnrichConfig {
                 kubeconfig: a.kubeconfig,
@@ -48,7 +56,13 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("tracer: {err:#}");
+            // One line: each cause once (many errors repeat their source in their message), a
+            // verifier log only at --log-level debug.
+            let (line, logs) = daemon::preflight::error_line(err.chain());
+            for log in logs {
+                tracing::debug!("verifier log:\n{log}");
+            }
+            eprintln!("tracer: {line}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -11,6 +11,7 @@
 pub mod budget;
 pub mod clock;
 pub mod pipeline;
+pub mod preflight;
 pub mod scope;
 pub mod tables;
 
@@ -78,6 +79,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    preflight::check()?;
     // Signal handlers first: a SIGTERM during start-up must still lead to a clean exit.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -133,14 +135,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         summary_entries: budget.summary_entries,
     };
 
-    let mut capture =
-        Capture::load(&load_cfg).context("loading the kernel programs (are you root?)")?;
+    let mut capture = Capture::load(&load_cfg).map_err(preflight::load_error)?;
     capture.set_tc_mode(args.tc_attach);
     let tables = capture.take_tables()?;
     if !args.no_drops
         && offsets.is_some()
         && let Err(err) = capture.attach_drops()
     {
+        let err = preflight::load_error(err);
         tracing::warn!(%err, "drop tracing unavailable: verdicts will lack kernel drop reasons");
     }
 
@@ -182,6 +184,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!(
         interfaces = mgr.stats().attached,
+        attach = preflight::attach_mode(args.tc_attach),
+        socket = %if args.no_socket { "off".into() } else { args.socket.display().to_string() },
+        metrics = %args.metrics_addr.map_or("off".into(), |a| format!("http://{a}/metrics")),
         budget_mib = budget.bytes >> 20,
         dns_table = budget.dns_entries,
         max_flows = budget.max_flows,

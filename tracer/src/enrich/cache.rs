@@ -130,6 +130,8 @@ pub(crate) struct Shared {
     pub(crate) node_name: Option<String>,
     pub(crate) dns_service: ObjKey,
     changed: tokio::sync::watch::Sender<u64>,
+    /// URL of the API server, named in watch failures.
+    api_server: std::sync::OnceLock<String>,
 }
 
 /// The Kubernetes metadata cache: a cheaply cloneable handle (an `Arc`) shared by the watch
@@ -178,6 +180,7 @@ impl MetaCache {
                 node_name,
                 dns_service,
                 changed,
+                api_server: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -492,9 +495,18 @@ impl MetaCache {
         }
     }
 
+    /// Records the API server URL the watches talk to (once), for failure messages.
+    pub(crate) fn set_api_server(&self, url: String) {
+        let _ = self.shared.api_server.set(url);
+    }
+
     /// The watch failed; `lost_events` when it must relist before its data is whole again.
     /// Returns true when this starts a failure episode.
     pub(crate) fn failed(&self, id: TableId, error: String, lost_events: bool) -> bool {
+        let error = match self.shared.api_server.get() {
+            Some(url) if !error.contains(url.as_str()) => format!("API server {url}: {error}"),
+            _ => error,
+        };
         self.shared
             .counters
             .watch_errors

@@ -81,6 +81,7 @@ fn pod_meta(p: &Value, veth_prefix: &str, warnings: &DataWarnings) -> Option<Pod
         host_network: false,
         host_veths: vec![host_veth],
         branch_enis,
+        labels: super::model::kept_labels(&string_map(p.get("labels"))),
         namespace,
         name,
     })
@@ -269,6 +270,11 @@ mod tests {
         assert_eq!(
             client.workload.as_ref().map(|w| w.name.as_str()),
             Some("client")
+        );
+        assert_eq!(
+            client.labels.get("app").map(String::as_str),
+            Some("client"),
+            "labels kept for `tracer observe -l`"
         );
         assert_eq!(
             c.pod_by_host_veth("enia7a3e029a7b")

@@ -24,6 +24,7 @@ fn names(p: &KubePod) -> PodMeta {
             .as_ref()
             .map(|w| format!("{}/{}", w.kind, w.name)),
         node: p.node.clone(),
+        labels: Some(p.labels.clone()),
     }
 }
 

@@ -223,6 +223,7 @@ mod tests {
             host_network: false,
             host_veths: vec![super::super::model::host_veth_name("eni", ns, name)],
             branch_enis: Vec::new(),
+            labels: Default::default(),
         }
     }
 

@@ -94,17 +94,21 @@ impl Default for EnrichConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum EnrichError {
     /// The kubeconfig given could not be read or used.
-    #[error("kubeconfig {path}")]
+    #[error("kubeconfig {} (--kubeconfig): {reason}", path.display())]
     Kubeconfig {
         /// The file.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        /// Why, in one clause (`file not found`, kube's parse error, ...).
+        reason: String,
     },
     /// `$KUBECONFIG` is set but unusable.
-    #[error("$KUBECONFIG")]
-    KubeconfigEnv(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("$KUBECONFIG={value}: {reason}")]
+    KubeconfigEnv {
+        /// The variable's value.
+        value: String,
+        /// Why, in one clause.
+        reason: String,
+    },
     /// A client could not be built from a configuration that was found.
     #[error("building the Kubernetes client")]
     Client(#[source] kube::Error),
@@ -128,42 +132,62 @@ pub enum EnrichError {
     },
 }
 
+/// Why a kubeconfig could not be used, in one clause: `file not found`, `permission denied`,
+/// or kube's own message (each cause once, paths without Debug quotes).
+fn kubeconfig_reason(e: &kube::config::KubeconfigError) -> String {
+    use kube::config::KubeconfigError as K;
+    match e {
+        K::ReadConfig(io, _) => match io.kind() {
+            std::io::ErrorKind::NotFound => "file not found".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            _ => io.to_string(),
+        },
+        other => error_chain(other).replace("'\"", "'").replace("\"'", "'"),
+    }
+}
+
+/// A client and the API server URL it talks to (named in connection errors).
+type ClientAndUrl = (kube::Client, String);
+
+fn client_from(config: kube::Config) -> Result<ClientAndUrl, EnrichError> {
+    let url = config.cluster_url.to_string();
+    kube::Client::try_from(config)
+        .map(|c| (c, url))
+        .map_err(EnrichError::Client)
+}
+
 /// Builds a client: the kubeconfig given, else in-cluster, else `$KUBECONFIG`. `Ok(None)` when
 /// no configuration exists at all.
-async fn client_for(cfg: &EnrichConfig) -> Result<Option<kube::Client>, EnrichError> {
+async fn client_for(cfg: &EnrichConfig) -> Result<Option<ClientAndUrl>, EnrichError> {
     let opts = KubeConfigOptions::default();
     if let Some(path) = &cfg.kubeconfig {
-        let wrap = |e: Box<dyn std::error::Error + Send + Sync>| EnrichError::Kubeconfig {
+        let wrap = |e: &kube::config::KubeconfigError| EnrichError::Kubeconfig {
             path: path.clone(),
-            source: e,
+            reason: kubeconfig_reason(e),
         };
-        let kc = Kubeconfig::read_from(path).map_err(|e| wrap(e.into()))?;
+        let kc = Kubeconfig::read_from(path).map_err(|e| wrap(&e))?;
         let config = kube::Config::from_custom_kubeconfig(kc, &opts)
             .await
-            .map_err(|e| wrap(e.into()))?;
-        return kube::Client::try_from(config)
-            .map(Some)
-            .map_err(EnrichError::Client);
+            .map_err(|e| wrap(&e))?;
+        return client_from(config).map(Some);
     }
     match kube::Config::incluster() {
-        Ok(config) => {
-            return kube::Client::try_from(config)
-                .map(Some)
-                .map_err(EnrichError::Client);
-        }
+        Ok(config) => return client_from(config).map(Some),
         Err(e) => tracing::debug!("no in-cluster Kubernetes config: {e}"),
     }
+    let env = |e: &kube::config::KubeconfigError| EnrichError::KubeconfigEnv {
+        value: std::env::var("KUBECONFIG").unwrap_or_default(),
+        reason: kubeconfig_reason(e),
+    };
     match Kubeconfig::from_env() {
         Ok(Some(kc)) => {
             let config = kube::Config::from_custom_kubeconfig(kc, &opts)
                 .await
-                .map_err(|e| EnrichError::KubeconfigEnv(e.into()))?;
-            kube::Client::try_from(config)
-                .map(Some)
-                .map_err(EnrichError::Client)
+                .map_err(|e| env(&e))?;
+            client_from(config).map(Some)
         }
         Ok(None) => Ok(None),
-        Err(e) => Err(EnrichError::KubeconfigEnv(e.into())),
+        Err(e) => Err(env(&e)),
     }
 }
 
@@ -184,17 +208,21 @@ pub async fn try_start(cfg: EnrichConfig) -> Result<MetaCache, EnrichError> {
             cfg.veth_prefix
         );
     }
-    let Some(client) = client_for(&cfg).await? else {
+    let Some((client, url)) = client_for(&cfg).await? else {
         tracing::warn!("{DISABLED_WARNING}");
         return Ok(MetaCache::disabled());
     };
-    Ok(watch::start_with_client(
+    tracing::info!("Kubernetes names from the API server at {url}");
+    let cache = watch::start_with_client(
         client,
         cfg.node_name,
         cfg.veth_prefix,
         dns_service_key(&cfg.dns_service),
         watch::Tuning::default(),
-    ))
+    );
+    // Before any await: the watch tasks have not run yet, so every failure names the URL.
+    cache.set_api_server(url);
+    Ok(cache)
 }
 
 /// Like [`try_start`], but a configuration that cannot be used also gives a Disabled cache
@@ -210,13 +238,17 @@ pub async fn start(cfg: EnrichConfig) -> MetaCache {
     }
 }
 
-/// `error: cause: cause…` on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `error: cause: cause…` on one line, each message once (a cause whose text is already in
+/// the line, because its parent printed it, is skipped).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = s.source();
     }
     out

@@ -103,6 +103,20 @@ pub struct PodMeta {
     pub host_veths: Vec<String>,
     /// Branch ENIs from the `vpc.amazonaws.com/pod-eni` annotation (usually zero or one).
     pub branch_enis: Vec<BranchEni>,
+    /// The pod's labels (for `tracer observe -l`), at most [`MAX_POD_LABELS`].
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Most labels kept per pod (the rest are dropped, in key order): a bound on the cache's size.
+pub const MAX_POD_LABELS: usize = 64;
+
+/// The labels kept for a pod: the first [`MAX_POD_LABELS`] in key order.
+pub fn kept_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .take(MAX_POD_LABELS)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 impl PodMeta {
@@ -487,6 +501,7 @@ impl Indexed for Pod {
             host_network,
             host_veths,
             branch_enis,
+            labels: kept_labels(labels),
             namespace: key.namespace,
             name: key.name,
         })
@@ -935,5 +950,17 @@ mod tests {
         // A list item without apiVersion/kind and without endpoints still decodes.
         let bare = json!({ "metadata": { "name": "e", "namespace": "n" }, "addressType": "IPv4" });
         assert!(endpoint_slice_from_v1beta1(bare).is_ok());
+    }
+
+    #[test]
+    fn pod_labels_are_kept_and_bounded() {
+        let many: BTreeMap<String, String> = (0..MAX_POD_LABELS + 5)
+            .map(|i| (format!("k{i:03}"), "v".to_owned()))
+            .collect();
+        let kept = kept_labels(&many);
+        assert_eq!(kept.len(), MAX_POD_LABELS);
+        assert!(
+            kept.contains_key("k000") && !kept.contains_key(&format!("k{:03}", MAX_POD_LABELS))
+        );
     }
 }

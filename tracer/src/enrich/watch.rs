@@ -124,7 +124,7 @@ async fn drive<K, S>(
                 return;
             }
             Some(Err(e)) => {
-                cache.failed(id, e.to_string(), loses_events(&e));
+                cache.failed(id, super::error_chain(&e), loses_events(&e));
             }
             Some(Ok(watcher::Event::Init)) => {
                 cache.relist_started(id);
@@ -355,6 +355,7 @@ pub(crate) fn spawn_slices(cache: &MetaCache, client: Client, tuning: Tuning) {
                 Ok(v1) => break v1,
                 Err(e) => {
                     let Some(cache) = upgrade(&weak) else { return };
+                    let e = super::error_chain(&e);
                     cache.failed(TableId::Slices, format!("API discovery: {e}"), true);
                     drop(cache);
                     tokio::time::sleep(delay).await;

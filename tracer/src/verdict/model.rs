@@ -316,6 +316,8 @@ pub struct PodMeta {
     pub workload: Option<String>,
     /// Node name.
     pub node: Option<String>,
+    /// The pod's labels, when enrichment knows the pod (this node's pods, CoreDNS replicas).
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The client side of a flow (pre-SNAT: the pod's own address).

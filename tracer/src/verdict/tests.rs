@@ -1775,6 +1775,9 @@ fn enrich(v: &mut Verdict) {
         namespace: Some(ns.into()),
         workload: Some(workload.into()),
         node: Some(node.into()),
+        labels: workload
+            .split_once('/')
+            .map(|(_, app)| [("app".to_owned(), app.to_owned())].into()),
     };
     v.client.meta = match v.client.ip.to_string().as_str() {
         "198.18.1.21" => pod(
@@ -1938,6 +1941,7 @@ fn docs_examples_are_current() {
             namespace: Some("shop".into()),
             workload: Some("Deployment/checkout".into()),
             node: Some("node-a".into()),
+            labels: None,
         };
         line.server.service = Some("kube-system/kube-dns".into());
         line.server.meta = PodMeta {
@@ -1945,6 +1949,7 @@ fn docs_examples_are_current() {
             namespace: Some("kube-system".into()),
             workload: Some("Deployment/coredns".into()),
             node: Some("node-a".into()),
+            labels: None,
         };
         line.hint = super::hint::summary(&line);
         let pretty = serde_json::to_string_pretty(&line).unwrap() + "\n";

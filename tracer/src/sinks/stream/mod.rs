@@ -2,12 +2,18 @@
 //! (and packet events on request) to `tracer observe` clients.
 //!
 //! Protocol: the client sends one request line, JSON
-//! `{"filter": {...}, "last": N, "follow": bool, "events": bool}` (every field optional; see
-//! [`Request`]). The server answers with the last `N` matching lines it kept, then, when
+//! `{"filter": {...}, "not": [{...}], "last": N, "since": "<RFC 3339>", "follow": bool,
+//! "events": bool, "stamp": bool}` (every field optional; see [`Request`]). The server answers
+//! with the last `N` matching lines it kept (published at or after `since`), then, when
 //! `follow`, every new matching line as it is published. Lines are the daemon's JSON lines,
-//! unchanged, one per `\n`. Two other line types may appear:
-//! `{"type":"notice","skipped":n,...}` when this client fell behind and `n` lines were skipped
-//! for it, and `{"type":"error","message":...}` (then the server closes) for a bad request.
+//! unchanged, one per `\n`; with `stamp`, each object line gets a first key `decided_at`: when
+//! the daemon published it (a verdict is published when it is decided, so this is the stream's
+//! order, unlike `time`, the flow's first sighting). Other line types may appear:
+//! `{"type":"warning","message":...}` before anything else, when a filter names a namespace,
+//! pod, node or Service no verdict has named since the daemon started (a typo returns nothing,
+//! silently, otherwise); `{"type":"notice","skipped":n,...}` when this client fell behind and
+//! `n` lines were skipped for it; and `{"type":"error","message":...}` (then the server closes)
+//! for a bad request.
 //!
 //! The daemon never waits on clients: [`Hub::publish`] appends to a bounded history and a
 //! bounded broadcast channel and returns. Each client has its own task; one that reads too
@@ -15,7 +21,7 @@
 //! disconnected after [`WRITE_TIMEOUT`].
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeSet, HashSet, VecDeque},
     io::ErrorKind,
     os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
@@ -23,7 +29,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -35,8 +41,9 @@ use tokio::{
 };
 
 pub mod filter;
+pub mod selector;
 
-use self::filter::{Filter, Matcher};
+use self::filter::{Filter, Selection, node_matches, side, split_pod};
 
 /// Default path of the live-stream socket.
 pub const DEFAULT_SOCKET: &str = "/run/tracer/tracer.sock";
@@ -58,6 +65,11 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CLIENTS: usize = 64;
 /// Most queued lines one client task writes per socket write.
 const BATCH_LINES: usize = 512;
+/// Most distinct names of one kind (namespaces, pods, nodes, Services) remembered for the
+/// "never seen" warnings; past it, names of that kind are no longer checked.
+pub const MAX_SEEN_NAMES: usize = 4096;
+/// Most seen names listed in one warning.
+const SEEN_LISTED: usize = 8;
 
 /// One published line.
 #[derive(Debug)]
@@ -66,6 +78,8 @@ struct Entry {
     line: Arc<str>,
     value: Arc<Value>,
     event: bool,
+    /// When it was published (for verdicts: when they were decided).
+    published: jiff::Timestamp,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +87,189 @@ struct History {
     next_seq: u64,
     verdicts: VecDeque<Arc<Entry>>,
     events: VecDeque<Arc<Entry>>,
+    seen: Seen,
+}
+
+/// Distinct names of one kind, bounded by [`MAX_SEEN_NAMES`].
+#[derive(Debug, Default)]
+struct NameSet {
+    names: HashSet<String>,
+    /// A name was not remembered: absence no longer proves anything.
+    full: bool,
+}
+
+impl NameSet {
+    fn note(&mut self, name: &str) {
+        if self.names.contains(name) {
+            return;
+        }
+        if self.names.len() >= MAX_SEEN_NAMES {
+            self.full = true;
+            return;
+        }
+        self.names.insert(name.to_owned());
+    }
+
+    /// Whether any remembered name satisfies `pred`; `true` when the set overflowed (unknown).
+    fn any(&self, pred: impl FnMut(&String) -> bool) -> bool {
+        self.full || self.names.iter().any(pred)
+    }
+
+    /// Up to [`SEEN_LISTED`] names, sorted, and how many more there are.
+    fn listing(&self) -> String {
+        let sorted: BTreeSet<&String> = self.names.iter().collect();
+        let mut out = sorted
+            .iter()
+            .take(SEEN_LISTED)
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if sorted.len() > SEEN_LISTED {
+            out.push_str(&format!(" and {} more", sorted.len() - SEEN_LISTED));
+        }
+        if out.is_empty() {
+            out.push_str("none");
+        }
+        out
+    }
+}
+
+/// Names the published verdicts carried since start: what a filter can be checked against.
+#[derive(Debug, Default)]
+struct Seen {
+    verdicts: u64,
+    namespaces: NameSet,
+    /// `ns/name`, or `name` when the namespace is not known.
+    pods: NameSet,
+    nodes: NameSet,
+    services: NameSet,
+}
+
+impl Seen {
+    fn note(&mut self, v: &Value) {
+        self.verdicts += 1;
+        for prefix in ["client", "server"] {
+            let (ns, pod) = side(v, prefix);
+            if let Some(ns) = ns {
+                self.namespaces.note(ns);
+            }
+            match (ns, pod) {
+                (Some(ns), Some(pod)) => self.pods.note(&format!("{ns}/{pod}")),
+                (None, Some(pod)) => self.pods.note(pod),
+                _ => {}
+            }
+            if let Some(node) = crate::sinks::json::str_at(v, &format!("{prefix}.node")) {
+                self.nodes.note(node);
+            }
+        }
+        if let Some(node) = crate::sinks::json::str_at(v, "node") {
+            self.nodes.note(node);
+        }
+        if let Some(svc) = crate::sinks::json::str_at(v, "server.service") {
+            if let Some((ns, _)) = svc.split_once('/') {
+                self.namespaces.note(ns);
+            }
+            self.services.note(svc);
+        }
+    }
+
+    /// One warning per filter value no verdict has named so far (nothing when no verdict was
+    /// published yet: there is nothing to compare with).
+    fn warnings(&self, filters: &[(&Filter, bool)], uptime: Duration) -> Vec<String> {
+        if self.verdicts == 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let since = format!(
+            "no verdict since tracer run started ({} ago)",
+            short_duration(uptime)
+        );
+        for (f, negated) in filters {
+            let flag = |name: &str| {
+                if *negated {
+                    format!("--not --{name}")
+                } else {
+                    format!("--{name}")
+                }
+            };
+            for (name, values) in [
+                ("namespace", &f.namespace),
+                ("from-namespace", &f.from_namespace),
+                ("to-namespace", &f.to_namespace),
+            ] {
+                for want in values {
+                    let want = want.trim();
+                    if !self.namespaces.any(|n| n == want) {
+                        out.push(format!(
+                            "{} {want:?}: {since} names this namespace; namespaces seen: {}",
+                            flag(name),
+                            self.namespaces.listing()
+                        ));
+                    }
+                }
+            }
+            for (name, values) in [
+                ("pod", &f.pod),
+                ("from-pod", &f.from_pod),
+                ("to-pod", &f.to_pod),
+            ] {
+                for want in values {
+                    let (want_ns, want_name) = split_pod(want.trim());
+                    let known = self.pods.any(|p| {
+                        let (ns, name) = split_pod(p);
+                        name.starts_with(&want_name)
+                            && want_ns.as_ref().is_none_or(|w| ns.as_ref() == Some(w))
+                    });
+                    if !known {
+                        out.push(format!(
+                            "{} {:?}: {since} names a pod starting with this; pods seen: {}",
+                            flag(name),
+                            want.trim(),
+                            self.pods.listing()
+                        ));
+                    }
+                }
+            }
+            for want in &f.node {
+                let want = want.trim();
+                if !self.nodes.any(|n| node_matches(want, n)) {
+                    out.push(format!(
+                        "{} {want:?}: {since} names this node (full or short name); nodes \
+                         seen: {}",
+                        flag("node"),
+                        self.nodes.listing()
+                    ));
+                }
+            }
+            for want in &f.service {
+                let want = want.trim();
+                let known = self.services.any(|s| {
+                    s == want
+                        || (!want.contains('/')
+                            && s.split_once('/').is_some_and(|(_, n)| n == want))
+                });
+                if !known {
+                    out.push(format!(
+                        "{} {want:?}: {since} went through this Service; Services seen: {}",
+                        flag("service"),
+                        self.services.listing()
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `45s`, `12m`, `3h20m`, `2d4h`.
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
 }
 
 #[derive(Debug)]
@@ -82,6 +279,7 @@ struct HubInner {
     verdict_limit: usize,
     event_limit: usize,
     event_clients: AtomicUsize,
+    started: Instant,
 }
 
 /// Where the daemon publishes its output lines for `tracer observe` clients. Cheap to clone;
@@ -114,6 +312,7 @@ impl Hub {
                 verdict_limit: history.max(1),
                 event_limit: event_history.max(1),
                 event_clients: AtomicUsize::new(0),
+                started: Instant::now(),
             }),
         }
     }
@@ -135,11 +334,15 @@ impl Hub {
             .history
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if !event {
+            h.seen.note(&value);
+        }
         let entry = Arc::new(Entry {
             seq: h.next_seq,
             line,
             value,
             event,
+            published: jiff::Timestamp::now(),
         });
         h.next_seq += 1;
         let (queue, limit) = if event {
@@ -180,11 +383,26 @@ impl Hub {
         (h.verdicts.len(), h.events.len())
     }
 
-    /// The last `last` kept lines that match (oldest first) and a receiver for what follows.
+    /// Warnings for the names in `request`'s filters that no verdict has carried so far.
+    fn unseen_warnings(&self, request: &Request) -> Vec<String> {
+        let filters: Vec<(&Filter, bool)> = std::iter::once((&request.filter, false))
+            .chain(request.not.iter().map(|f| (f, true)))
+            .collect();
+        let h = self
+            .inner
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        h.seen.warnings(&filters, self.inner.started.elapsed())
+    }
+
+    /// The last `last` kept lines that match and were published at or after `since` (oldest
+    /// first), and a receiver for what follows.
     fn subscribe(
         &self,
         last: usize,
-        matcher: &Matcher,
+        selection: &Selection,
+        since: Option<jiff::Timestamp>,
         events: bool,
     ) -> (Vec<Arc<Entry>>, broadcast::Receiver<Arc<Entry>>) {
         let (verdicts, evs, rx) = {
@@ -218,7 +436,8 @@ impl Hub {
                 (None, None) => break,
             };
             if let Some(e) = next
-                && matcher.matches(&e.value)
+                && since.is_none_or(|s| e.published >= s)
+                && selection.matches(&e.value)
             {
                 out.push(Arc::clone(e));
             }
@@ -234,23 +453,58 @@ impl Hub {
 pub struct Request {
     /// Which lines (server-side filtering).
     pub filter: Filter,
+    /// Negated filters (`--not`): a line matching any of them is left out. Each one must set
+    /// at least one flag.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not: Vec<Filter>,
     /// How many of the kept matching lines to send first (0: none).
     pub last: usize,
+    /// Only kept lines published at or after this time (RFC 3339), for `--since`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
     /// Keep the connection open and stream new lines (default true).
     pub follow: bool,
     /// Include packet events (`"type":"packet"`), when the daemon publishes them.
     pub events: bool,
+    /// Add `decided_at` (when the daemon published the line, RFC 3339 UTC, ms) as the first key
+    /// of every object line.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stamp: bool,
 }
 
 impl Default for Request {
     fn default() -> Self {
         Self {
             filter: Filter::default(),
+            not: Vec::new(),
             last: 0,
+            since: None,
             follow: true,
             events: false,
+            stamp: false,
         }
     }
+}
+
+/// Key [`Request::stamp`] adds to lines.
+pub const DECIDED_AT: &str = "decided_at";
+
+/// Appends `line` (with `decided_at` first when `stamp`) and a newline to `buf`.
+fn push_line(buf: &mut Vec<u8>, e: &Entry, stamp: bool) {
+    match e.line.strip_prefix('{') {
+        Some(rest) if stamp => {
+            let ts = e.published.strftime("%Y-%m-%dT%H:%M:%S%.3fZ");
+            let sep = if rest.trim_start().starts_with('}') {
+                ""
+            } else {
+                ","
+            };
+            buf.extend_from_slice(format!("{{\"{DECIDED_AT}\":\"{ts}\"{sep}").as_bytes());
+            buf.extend_from_slice(rest.as_bytes());
+        }
+        _ => buf.extend_from_slice(e.line.as_bytes()),
+    }
+    buf.push(b'\n');
 }
 
 #[derive(Debug, Default)]
@@ -489,6 +743,12 @@ fn error_line(message: &str) -> String {
     s
 }
 
+fn warning_line(message: &str) -> String {
+    let mut s = json!({"type": "warning", "message": message}).to_string();
+    s.push('\n');
+    s
+}
+
 fn notice_line(skipped: u64) -> String {
     let mut s = json!({
         "type": "notice",
@@ -573,19 +833,40 @@ async fn serve_client(stream: UnixStream, hub: &Hub, stats: &ObserveStats) {
             return;
         }
     };
-    let matcher = match request.filter.compile() {
-        Ok(m) => m,
-        Err(err) => {
+    let compiled = Selection::compile(&request.filter, &request.not)
+        .map_err(|e| e.to_string())
+        .and_then(|selection| {
+            let since = request
+                .since
+                .as_deref()
+                .map(|s| {
+                    s.parse::<jiff::Timestamp>()
+                        .map_err(|e| format!("bad since {s:?}: {e}"))
+                })
+                .transpose()?;
+            Ok((selection, since))
+        });
+    let (selection, since) = match compiled {
+        Ok(c) => c,
+        Err(message) => {
             stats.inner.bad_requests.fetch_add(1, Ordering::Relaxed);
-            let _ = write_out(&mut wr, error_line(&err.to_string()).as_bytes(), stats).await;
+            let _ = write_out(&mut wr, error_line(&message).as_bytes(), stats).await;
             return;
         }
     };
+    let warnings: String = hub
+        .unseen_warnings(&request)
+        .iter()
+        .map(|w| warning_line(w))
+        .collect();
+    if !warnings.is_empty() && !write_out(&mut wr, warnings.as_bytes(), stats).await {
+        return;
+    }
     let _event_client = request.events.then(|| {
         hub.inner.event_clients.fetch_add(1, Ordering::Relaxed);
         EventClient(&hub.inner.event_clients)
     });
-    let (history, mut rx) = hub.subscribe(request.last, &matcher, request.events);
+    let (history, mut rx) = hub.subscribe(request.last, &selection, since, request.events);
     stats.inner.clients.fetch_add(1, Ordering::Relaxed);
     stats.inner.clients_total.fetch_add(1, Ordering::Relaxed);
     let _connected = Decrement(&stats.inner.clients);
@@ -594,8 +875,7 @@ async fn serve_client(stream: UnixStream, hub: &Hub, stats: &ObserveStats) {
     for chunk in history.chunks(BATCH_LINES) {
         buf.clear();
         for e in chunk {
-            buf.extend_from_slice(e.line.as_bytes());
-            buf.push(b'\n');
+            push_line(&mut buf, e, request.stamp);
         }
         if !write_out(&mut wr, &buf, stats).await {
             return;
@@ -610,7 +890,7 @@ async fn serve_client(stream: UnixStream, hub: &Hub, stats: &ObserveStats) {
         return;
     }
 
-    let wanted = |e: &Entry| (request.events || !e.event) && matcher.matches(&e.value);
+    let wanted = |e: &Entry| (request.events || !e.event) && selection.matches(&e.value);
     let mut scratch = [0u8; 256];
     loop {
         buf.clear();
@@ -636,8 +916,7 @@ async fn serve_client(stream: UnixStream, hub: &Hub, stats: &ObserveStats) {
                     match next {
                         Ok(e) => {
                             if wanted(&e) {
-                                buf.extend_from_slice(e.line.as_bytes());
-                                buf.push(b'\n');
+                                push_line(&mut buf, &e, request.stamp);
                                 lines += 1;
                             }
                         }
@@ -877,6 +1156,169 @@ mod tests {
         let mut c = Client::connect(&s.path, r#"{"events":true,"last":10,"follow":false}"#).await;
         assert_eq!(ids(&c.take(2).await), [0, 1]);
         assert_eq!(s.hub.history_len(), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn stamped_lines_since_and_negations() {
+        let s = start(Hub::new());
+        for i in 0..4 {
+            s.hub
+                .publish_value(verdict(i, if i % 2 == 0 { "a" } else { "b" }, "answered"));
+        }
+        // `stamp` puts decided_at first; the rest of the line is unchanged.
+        let mut c = Client::connect(&s.path, r#"{"last":1,"follow":false,"stamp":true}"#).await;
+        let v = c.next().await.expect("a line");
+        let decided: jiff::Timestamp = v[DECIDED_AT]
+            .as_str()
+            .expect("decided_at")
+            .parse()
+            .expect("RFC 3339");
+        assert!(jiff::Timestamp::now().duration_since(decided).as_secs_f64() < 60.0);
+        assert_eq!(v["i"], 3);
+        let mut e = Entry {
+            seq: 0,
+            line: Arc::from("{}"),
+            value: Arc::new(json!({})),
+            event: false,
+            published: jiff::Timestamp::UNIX_EPOCH,
+        };
+        let mut buf = Vec::new();
+        push_line(&mut buf, &e, true);
+        assert_eq!(buf, b"{\"decided_at\":\"1970-01-01T00:00:00.000Z\"}\n");
+        e.line = Arc::from("[1]");
+        buf.clear();
+        push_line(&mut buf, &e, true);
+        assert_eq!(buf, b"[1]\n", "not an object: unchanged");
+        // `since` in the future: nothing kept qualifies; in the past: everything.
+        let future = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(60))
+            .expect("time");
+        let mut c = Client::connect(
+            &s.path,
+            &format!(r#"{{"last":10,"follow":false,"since":"{future}"}}"#),
+        )
+        .await;
+        assert!(c.next().await.is_none());
+        let mut c = Client::connect(
+            &s.path,
+            r#"{"last":10,"follow":false,"since":"2020-01-01T00:00:00Z"}"#,
+        )
+        .await;
+        assert_eq!(ids(&c.take(4).await), [0, 1, 2, 3]);
+        // `not`: lines matching a negated filter are left out.
+        let mut c = Client::connect(
+            &s.path,
+            r#"{"last":10,"follow":false,"not":[{"namespace":["a"]}]}"#,
+        )
+        .await;
+        assert_eq!(ids(&c.take(2).await), [1, 3]);
+        assert!(c.next().await.is_none());
+        for (req, needle) in [
+            (r#"{"since":"yesterday"}"#, "bad since"),
+            (r#"{"not":[{}]}"#, "--not must be followed"),
+        ] {
+            let mut c = Client::connect(&s.path, req).await;
+            let v = c.next().await.expect("error line");
+            assert_eq!(v["type"], "error", "{req}");
+            assert!(
+                v["message"].as_str().is_some_and(|m| m.contains(needle)),
+                "{v}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn warns_about_names_no_verdict_carried() {
+        let s = start(Hub::new());
+        // Before any verdict there is nothing to compare with: no warning.
+        let mut c = Client::connect(
+            &s.path,
+            r#"{"filter":{"namespace":["shpo"]},"last":1,"follow":false}"#,
+        )
+        .await;
+        assert!(c.next().await.is_none());
+        s.hub.publish_value(json!({
+            "kind": "dns", "verdict": "answered", "node": "ip-10-0-1-12.ec2.internal",
+            "client": {"namespace": "shop", "pod": "web-7d9f-abcde", "node": "ip-10-0-1-12.ec2.internal"},
+            "server": {"namespace": "kube-system", "pod": "coredns-5d78-xk2p", "service": "kube-system/kube-dns",
+                       "node": "ip-10-0-2-7.ec2.internal"},
+        }));
+        let req = r#"{"filter":{"namespace":["shpo","shop"],"pod":["shop/web","default/web"],
+                      "node":["ip-10-0-1-12","ip-10-0-9-9"],"service":["kube-dns","coredns"],
+                      "to_pod":["kube-system/coredns"]},
+                      "not":[{"from_namespace":["kube-sytem"]}],"last":5,"follow":false}"#
+            .replace('\n', " ");
+        let mut c = Client::connect(&s.path, &req).await;
+        let mut warnings = Vec::new();
+        let mut verdicts = 0;
+        while let Some(v) = c.next().await {
+            if v["type"] == "warning" {
+                assert_eq!(verdicts, 0, "warnings come first");
+                warnings.push(v["message"].as_str().expect("message").to_owned());
+            } else {
+                verdicts += 1;
+            }
+        }
+        assert_eq!(verdicts, 1, "the matching verdict follows the warnings");
+        assert_eq!(warnings.len(), 5, "{warnings:#?}");
+        assert!(
+            warnings[0].starts_with("--namespace \"shpo\": no verdict since tracer run started ("),
+            "{}",
+            warnings[0]
+        );
+        assert!(
+            warnings[0].ends_with("names this namespace; namespaces seen: kube-system, shop"),
+            "{}",
+            warnings[0]
+        );
+        assert!(
+            warnings[1].starts_with("--pod \"default/web\""),
+            "{}",
+            warnings[1]
+        );
+        assert!(
+            warnings[1].contains("kube-system/coredns-5d78-xk2p, shop/web-7d9f-abcde"),
+            "{}",
+            warnings[1]
+        );
+        assert!(
+            warnings[2].starts_with("--node \"ip-10-0-9-9\""),
+            "{}",
+            warnings[2]
+        );
+        assert!(
+            warnings[2].contains("ip-10-0-1-12.ec2.internal, ip-10-0-2-7.ec2.internal"),
+            "{}",
+            warnings[2]
+        );
+        assert!(
+            warnings[3].starts_with("--service \"coredns\""),
+            "{}",
+            warnings[3]
+        );
+        assert!(
+            warnings[4].starts_with("--not --from-namespace \"kube-sytem\""),
+            "{}",
+            warnings[4]
+        );
+    }
+
+    #[test]
+    fn seen_names_are_bounded() {
+        let mut set = NameSet::default();
+        for i in 0..MAX_SEEN_NAMES + 10 {
+            set.note(&format!("ns-{i}"));
+        }
+        assert_eq!(set.names.len(), MAX_SEEN_NAMES);
+        assert!(set.full);
+        assert!(set.any(|_| false), "a full set cannot prove absence");
+        assert!(
+            set.listing()
+                .ends_with(&format!("and {} more", MAX_SEEN_NAMES - SEEN_LISTED))
+        );
+        assert_eq!(short_duration(Duration::from_secs(59)), "59s");
+        assert_eq!(short_duration(Duration::from_secs(7_980)), "2h13m");
+        assert_eq!(short_duration(Duration::from_secs(190_000)), "2d4h");
     }
 
     #[tokio::test]
