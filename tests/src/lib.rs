@@ -71,3 +71,46 @@ pub fn dig(ns: &str, args: &[&str]) -> String {
 
 /// Default wait for an expected line.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Names of the tracer's kernel programs (this version's and earlier ones').
+pub const OUR_PROGRAMS: [&str; 12] = [
+    "tc_pod_in",
+    "tc_pod_out",
+    "tc_uplink_in",
+    "tc_uplink_out",
+    "tc_other_in",
+    "tc_other_out",
+    "tc_empty",
+    "kfree_skb",
+    "tc_in",
+    "tc_out",
+    "tc_in_track",
+    "tc_out_track",
+];
+
+/// The tracer's programs loaded in the kernel now (`bpftool -j prog show`).
+pub fn our_programs() -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool runs");
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    all.into_iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| OUR_PROGRAMS.contains(&n))
+        })
+        .collect()
+}
+
+/// The BPF filters under the clsact qdisc of `dev` in node A (`tc filter show`), both hooks.
+pub fn clsact_filters(dev: &str) -> String {
+    let mut text = String::new();
+    for dir in ["ingress", "egress"] {
+        let out = lab::exec_in(lab::NS_NODE_A, &["tc", "filter", "show", "dev", dev, dir])
+            .expect("tc runs");
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    text
+}

@@ -8,7 +8,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tracer_tests::{TracerProcess, WAIT, dig, lab, privileged};
+use tracer_tests::{TracerProcess, WAIT, dig, lab, our_programs, privileged};
 
 const CHURN_NS: &str = "trl-a-churn";
 const CHURN_IP: &str = "198.18.1.50";
@@ -56,24 +56,6 @@ fn add_pod(name: &str) -> String {
 }
 
 /// Loaded programs with the tracer's program names (`bpftool prog show -j`).
-fn our_programs() -> Vec<Value> {
-    const NAMES: [&str; 6] = [
-        "tc_in",
-        "tc_out",
-        "tc_in_track",
-        "tc_out_track",
-        "kfree_skb",
-        "tc_empty",
-    ];
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .expect("bpftool runs");
-    let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    all.into_iter()
-        .filter(|p| p["name"].as_str().is_some_and(|n| NAMES.contains(&n)))
-        .collect()
-}
 
 fn del_pod(veth: &str) {
     sh(lab::NS_NODE_A, &format!("ip link del {veth}"));

@@ -206,6 +206,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = crate::daemon::budget::parse_size)]
     pub memory_budget: Option<u64>,
 
+    /// How often attachments are checked against the kernel (re-attaching what another tool
+    /// removed). At most 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, hide = true)]
+    pub reconcile_interval: Duration,
+
     /// Interval between counter log lines on stderr.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub stats_interval: Duration,

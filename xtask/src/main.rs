@@ -148,6 +148,17 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    cargo(&[
+        "clippy",
+        "-p",
+        "tracer",
+        "--features",
+        "devtools",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     lint_ebpf()
 }
 
@@ -158,7 +169,8 @@ fn main() -> Result<()> {
             if !no_lint {
                 lint()?;
             }
-            cargo(&["build", "-p", "tracer"])?;
+            // With the developer tools: the transparency tests use `tracer stub-policy`.
+            cargo(&["build", "-p", "tracer", "--features", "devtools"])?;
             let mut test = vec!["test", "--workspace", "--exclude", "tracer-ebpf"];
             test.extend(args.iter().map(String::as_str));
             cargo_test(&test)

@@ -168,6 +168,13 @@ impl TracerProcess {
         }
     }
 
+    /// Kills the tracer with SIGKILL (no clean-up runs) and waits for it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill().context("SIGKILL")?;
+        self.child.wait().context("waiting for the killed tracer")?;
+        Ok(())
+    }
+
     /// Stops the tracer with SIGINT (as Ctrl-C would) and waits for it; returns its exit status.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
         if let Some(status) = self.child.try_wait()? {

@@ -258,6 +258,17 @@ impl AttachManager {
         self.refresh_hooks(handle).await;
     }
 
+    /// Lists the other programs at the hooks of `ifindexes` again (a drop by a tc program was
+    /// just seen there: its program may be new).
+    pub async fn refresh_hooks_of(
+        &mut self,
+        handle: &rtnetlink::Handle,
+        ifindexes: impl IntoIterator<Item = u32>,
+    ) {
+        self.hooks_pending.extend(ifindexes);
+        self.refresh_hooks(handle).await;
+    }
+
     /// Lists the other programs at the hooks of interfaces attached since the last call.
     pub async fn refresh_hooks(&mut self, handle: &rtnetlink::Handle) {
         let pending: Vec<u32> = self.hooks_pending.drain().collect();

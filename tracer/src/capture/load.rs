@@ -104,6 +104,10 @@ impl TcProgram {
 
 /// Priority of the tracer's clsact filters (netlink mode).
 pub const NETLINK_PRIORITY: u16 = 1;
+/// Handle of the tracer's clsact filters: not 1, which the VPC CNI network-policy agent takes
+/// at priority 1 (an auto-assigned handle would be 1 on an empty hook and make the agent's
+/// attach fail).
+pub const NETLINK_HANDLE: u32 = 0x7472_6163;
 
 /// Names of tc programs of this and earlier versions of the tracer: a clsact filter with one
 /// of these names that the running tracer did not attach was left by a killed predecessor.
@@ -339,7 +343,8 @@ impl Capture {
                 parent: attach_type.into(),
                 options: aya::programs::tc::NlOptions {
                     priority: NETLINK_PRIORITY,
-                    ..Default::default()
+                    handle: aya::programs::tc::TcHandle::from(NETLINK_HANDLE),
+                    classid: None,
                 },
             }
         } else {

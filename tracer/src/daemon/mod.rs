@@ -199,7 +199,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_tick = tokio::time::interval(args.stats_interval);
     stats_tick.tick().await;
-    let mut reconcile_tick = tokio::time::interval(crate::capture::attach::RECONCILE_INTERVAL);
+    let mut reconcile_tick = tokio::time::interval(
+        args.reconcile_interval
+            .min(crate::capture::attach::RECONCILE_INTERVAL),
+    );
     reconcile_tick.tick().await;
     let mut node_signals = signals::all();
     let summary_ns = ns(args.summary_interval);
@@ -213,6 +216,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 ticks = ticks.wrapping_add(1);
                 if ticks.is_multiple_of(SWEEP_EVERY) {
                     sweep(&mut kt, &mut p, &capture, &mgr, &scope, now);
+                }
+                if !p.tc_drop_ifaces.is_empty() {
+                    let ifaces: Vec<u32> = p.tc_drop_ifaces.drain().collect();
+                    mgr.refresh_hooks_of(&handle, ifaces).await;
                 }
                 p.poll(now, mgr.hooks());
                 metrics.heartbeat(now / 1_000_000_000);

@@ -69,6 +69,9 @@ pub struct Pipeline {
     pub meta: MetaCache,
     /// Healthy answers of the current interval.
     pub summaries: Summaries,
+    /// Interfaces where a tc program dropped a packet since the daemon last looked at what runs
+    /// there (the verdict will name that program).
+    pub tc_drop_ifaces: std::collections::HashSet<u32>,
     node: String,
 }
 
@@ -94,6 +97,7 @@ impl Pipeline {
             clock: Clock::new(),
             meta,
             summaries: Summaries::default(),
+            tc_drop_ifaces: std::collections::HashSet::new(),
             node,
         }
     }
@@ -158,6 +162,12 @@ impl Pipeline {
         if ev.hook == Hook::Drop && ev.drop.as_ref().is_some_and(|d| !scope.contains(d.netns)) {
             self.user.drops_other_node += 1;
             return;
+        }
+        if let Some(d) = &ev.drop
+            && (d.reason == "TC_INGRESS" || d.reason == "TC_EGRESS")
+            && self.tc_drop_ifaces.len() < 1024
+        {
+            self.tc_drop_ifaces.insert(ev.iface.ifindex);
         }
         if self.sinks.wants_events() {
             self.sinks.publish(&Output::Packet(ev.clone()), true);
