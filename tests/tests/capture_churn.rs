@@ -55,7 +55,6 @@ fn add_pod(name: &str) -> String {
     veth
 }
 
-
 fn del_pod(veth: &str) {
     sh(lab::NS_NODE_A, &format!("ip link del {veth}"));
 }

@@ -159,8 +159,11 @@ pub mod counter {
     pub const DNS_LINGER_FREED: u32 = 19;
     /// New queries that could not replace an expired entry still waiting for the sweeper.
     pub const DNS_KEY_BUSY: u32 = 20;
+    /// Answers to queries from other machines noted in the delivery ledger (`LEDGER`); per
+    /// CPU, also the head of that CPU's segment.
+    pub const LEDGER_WRITTEN: u32 = 21;
     /// Number of counters.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
 }
 
 /// Kernel struct offsets the drop program needs, read from the running kernel's BTF at start-up
@@ -531,8 +534,8 @@ pub struct Config {
     pub slow_ns: u64,
     /// Non-zero: every delivered answer is handed over whole (`--answered flows`).
     pub answered_flows: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// Slots of the delivery ledger (`LEDGER`) per CPU; 0 = no ledger (no peer service).
+    pub ledger_slots: u32,
 }
 
 /// Limit of the in-kernel DNS table (default; the daemon derives it from its memory budget).
@@ -553,6 +556,53 @@ pub struct Linger {
     pub done_ns: u64,
 }
 
+/// What the kernel remembers of a query from another machine whose answer left this node (one
+/// slot of the `LEDGER` ring, overwritten round-robin). A peer tracer asks about the queries it
+/// saw leave and never come back: if the answer left here, the return path lost it.
+///
+/// The ring is a memory-mapped array: the daemon reads it in place, without a system call.
+/// Slots are written field by field; [`LedgerSlot::fp`] is written last and read twice by the
+/// daemon, so a slot being overwritten while it is read is skipped, not misread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LedgerSlot {
+    /// [`dns_key_fp`] of the query's key; 0 = empty slot.
+    pub fp: u64,
+    /// When the answer left (`CLOCK_MONOTONIC` ns).
+    pub done_ns: u64,
+    /// How long before that the query arrived, µs (saturating).
+    pub arrived_us_before: u32,
+    /// Interface the query arrived at (an uplink, trunk or branch ENI).
+    pub in_ifindex: u32,
+    /// Interface the query left toward the replica (its pod veth); 0 when not recorded.
+    pub replica_ifindex: u32,
+    /// Interface the answer left through.
+    pub out_ifindex: u32,
+}
+
+/// Default number of [`LedgerSlot`]s, all CPUs together (the daemon sizes the map from its
+/// memory budget).
+pub const LEDGER_SLOTS: u32 = 65_536;
+
+/// A 64-bit fingerprint of a query key, never 0: the same function on every node, so a peer
+/// can be asked about a key by its fingerprint. Collisions are as rare as any 64-bit hash's.
+#[inline(always)]
+pub fn dns_key_fp(k: &DnsKey) -> u64 {
+    #[inline(always)]
+    fn mix(mut z: u64) -> u64 {
+        // splitmix64's finalizer.
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let c = &k.client;
+    let a = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    let b = u64::from_le_bytes([c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15]]);
+    let rest = u64::from(k.port) | (u64::from(k.id) << 16) | (u64::from(k.ip_version) << 32);
+    let fp = mix(a ^ mix(b ^ mix(rest ^ 0x7472_6163_6572)));
+    if fp == 0 { 1 } else { fp }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all these types are repr(C), contain only integers and arrays of integers and have
@@ -567,6 +617,7 @@ mod pod {
     unsafe impl aya::Pod for super::SummaryValue {}
     unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::LedgerSlot {}
 }
 
 const _: () = {
@@ -593,11 +644,40 @@ const _: () = {
     assert!(core::mem::size_of::<SummaryValue>() == 16 + 4 * LATENCY_BUCKETS);
     assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<Linger>() == 32);
+    assert!(core::mem::size_of::<LedgerSlot>() == 32);
 };
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_fingerprints_differ_by_every_field_and_are_never_zero() {
+        let base = DnsKey {
+            client: [198, 18, 1, 21, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port: 40_000,
+            id: 0x1234,
+            ip_version: 4,
+            _pad: [0; 3],
+        };
+        let fp = dns_key_fp(&base);
+        assert_ne!(fp, 0);
+        assert_eq!(fp, dns_key_fp(&base), "stable");
+        let mut other = base;
+        other.client[3] = 22;
+        assert_ne!(dns_key_fp(&other), fp);
+        let mut other = base;
+        other.port = 40_001;
+        assert_ne!(dns_key_fp(&other), fp);
+        let mut other = base;
+        other.id = 0x1235;
+        assert_ne!(dns_key_fp(&other), fp);
+        let mut other = base;
+        other.ip_version = 6;
+        assert_ne!(dns_key_fp(&other), fp);
+        // Pinned: both sides of the peer protocol must compute the same value forever.
+        assert_eq!(fp, dns_key_fp(&base));
+    }
 
     #[test]
     fn latency_buckets_are_ordered_and_cover_their_bounds() {

@@ -34,14 +34,14 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Config, DNS_MAX_HOPS, DNS_QUESTION_LEN, DnsEntry, DnsHop, DnsKey, DnsRecord, EventHeader,
-    LINGER_SLOTS, SummaryKey, counter, dns_flags, dns_state, dns_why, hook, hop_form, kind,
-    latency_bucket, origin,
+    LINGER_SLOTS, SummaryKey, counter, dns_flags, dns_key_fp, dns_state, dns_why, hook, hop_form,
+    kind, latency_bucket, origin,
 };
 
 use crate::{
     maps::{
-        CONTROL, DNS_TABLE, EVENTS, LINGER, SCRATCH_ENTRY, SCRATCH_SUMMARY, SLOW_CLIENTS, SUMMARY,
-        config, count, note_loss, now_ns, submit_flags,
+        CONTROL, COUNTERS, DNS_TABLE, EVENTS, LEDGER, LINGER, SCRATCH_ENTRY, SCRATCH_SUMMARY,
+        SLOW_CLIENTS, SUMMARY, config, count, note_loss, now_ns, submit_flags,
     },
     parse::{PacketReader, Parsed, be16},
 };
@@ -569,9 +569,71 @@ fn on_open<R: PacketReader>(
     e.rcode = m.rcode;
     e.ancount = m.ancount;
     if is_delivery(e.origin, at.role, at.hook) {
+        if e.origin == origin::REMOTE && cfg.ledger_slots != 0 {
+            ledger(e, &m.key, at.ifindex, now, cfg.ledger_slots);
+        }
         deliver(e, &m.key, now, cfg);
     }
     Outcome::Done
+}
+
+/// Notes in the delivery ledger that the answer to a query from another machine left through
+/// `out_ifindex`: a peer tracer that never saw it come back asks about it. Each CPU writes its
+/// own segment of `per_cpu` slots, round-robin, its count of writes being the head.
+#[inline(always)]
+fn ledger(e: &DnsEntry, key: &DnsKey, out_ifindex: u32, now: u64, per_cpu: u32) {
+    let Some(written) = COUNTERS.get_ptr_mut(counter::LEDGER_WRITTEN) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+    let n = unsafe {
+        let n = *written;
+        *written = n + 1;
+        n
+    };
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    let idx = cpu
+        .wrapping_mul(per_cpu)
+        .wrapping_add((n % u64::from(per_cpu)) as u32);
+    let Some(slot) = LEDGER.get_ptr_mut(idx) else {
+        return;
+    };
+    // The query's first sighting is its arrival; its first later sighting leaving through
+    // another interface is the way to the replica.
+    let in_ifindex = e.hops[0].ifindex;
+    let mut replica_ifindex = 0;
+    let nhops = e.nhops as usize;
+    for i in 1..DNS_MAX_HOPS {
+        if i >= nhops {
+            break;
+        }
+        if let Some(h) = e.hops.get(i)
+            && h.hook == hook::TC_EGRESS
+            && h.form & (hop_form::RESPONSE | hop_form::DROP | hop_form::ICMP) == 0
+            && h.ifindex != in_ifindex
+        {
+            replica_ifindex = h.ifindex;
+            break;
+        }
+    }
+    let before = now.saturating_sub(e.first_ns) / 1000;
+    // SAFETY: `slot` points at an element of the array map, written only by this CPU. `fp` is
+    // cleared first and written last (the daemon reads it before and after the other fields,
+    // see `LedgerSlot`).
+    unsafe {
+        core::ptr::write_volatile(&mut (*slot).fp, 0);
+        (*slot).done_ns = now;
+        (*slot).arrived_us_before = if before > u64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            before as u32
+        };
+        (*slot).in_ifindex = in_ifindex;
+        (*slot).replica_ifindex = replica_ifindex;
+        (*slot).out_ifindex = out_ifindex;
+        core::ptr::write_volatile(&mut (*slot).fp, dns_key_fp(key));
+    }
 }
 
 /// An ICMP error quoting UDP DNS query `q` (whose header `r` can read), seen at a tc hook.

@@ -6,15 +6,15 @@
 //! in them. Their sizes are set by the daemon at load time from its memory budget.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
     Control, DNS_TABLE_ENTRIES, DnsEntry, DnsKey, FLOW_TABLE_ENTRIES, FlowKey, FlowStats,
-    LINGER_SLOTS, LOSS_SLOT_NS, LOSS_SLOTS, Linger, RING_BUF_BYTES, SUMMARY_ENTRIES, SummaryKey,
-    SummaryValue, counter,
+    LEDGER_SLOTS, LINGER_SLOTS, LOSS_SLOT_NS, LOSS_SLOTS, LedgerSlot, Linger, RING_BUF_BYTES,
+    SUMMARY_ENTRIES, SummaryKey, SummaryValue, counter,
 };
 
 /// All records for userspace.
@@ -79,6 +79,12 @@ pub static SLOW_CLIENTS: HashMap<[u8; 16], u64> = HashMap::with_max_entries(1024
 #[map]
 pub static SCOPE: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
+/// Queries from other machines whose answers left this node (see `dns::ledger`): one segment
+/// of `CONFIG.ledger_slots` per CPU, each written round-robin by its CPU. Memory-mapped by the
+/// daemon; sized by it at load time.
+#[map]
+pub static LEDGER: Array<LedgerSlot> = Array::with_max_entries(LEDGER_SLOTS, BPF_F_MMAPABLE);
+
 /// Settings fixed at load time by the daemon (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
 static CONFIG: tracer_common::Config = tracer_common::Config {
@@ -86,7 +92,7 @@ static CONFIG: tracer_common::Config = tracer_common::Config {
     grace_ns: 1_000_000_000,
     slow_ns: 500_000_000,
     answered_flows: 0,
-    _pad: 0,
+    ledger_slots: 0,
 };
 
 /// The load-time settings.

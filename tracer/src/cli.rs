@@ -77,6 +77,13 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
             "{t:?} has no host: {hint} (0.0.0.0:{t} listens on every interface)"
         ));
     }
+    // A bare IPv6 address and a port, as `$(HOST_IP):9966` expands on an IPv6 node.
+    if let Some((host, port)) = t.rsplit_once(':')
+        && let (Ok(ip), Ok(port)) = (host.parse::<std::net::Ipv6Addr>(), port.parse::<u16>())
+        && host.contains("::")
+    {
+        return Ok(SocketAddr::from((ip, port)));
+    }
     match t.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => t
             .to_socket_addrs()
@@ -88,6 +95,8 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// Subcommands.
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to this node's interfaces and print one JSON line per verdict (and per packet with
@@ -98,6 +107,10 @@ pub enum Command {
     /// (root only: reads its Unix socket). E.g. `tracer observe --verdict dropped,lost_beyond_node
     /// -n shop` or `tracer observe --last 100 --no-follow -o json`.
     Observe(Box<crate::observe::client::ObserveArgs>),
+    /// Make the CA and certificate for cross-node verdicts (`tracer run --peer-tls`), and
+    /// optionally print them as a Kubernetes Secret: `tracer certs --out ./peer-tls --secret
+    /// tracer-peer-tls | kubectl apply -f -`.
+    Certs(crate::peer::certs::CertsArgs),
     /// Start the Kubernetes metadata cache, wait until it is ready, print it as JSON and exit.
     #[command(hide = true)]
     MetaDump(MetaDumpArgs),
@@ -237,6 +250,35 @@ pub struct RunArgs {
     /// `tracer observe` still shows them.
     #[arg(long, value_enum, value_name = "MODE")]
     pub redact_qname: Option<crate::sinks::ocsf::RedactMode>,
+
+    /// Cross-node verdicts: serve the peer service on HOST:PORT (mutual TLS, --peer-tls) and
+    /// ask the tracers of other nodes, on the same port, about queries lost beyond this node.
+    /// deploy/ listens on the node IP, port 9966. Off when not given.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr, requires = "peer_tls")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// Directory with the peer service's TLS material: ca.crt, tls.crt, tls.key (made by
+    /// `tracer certs`).
+    #[arg(long, value_name = "DIR", requires = "peer_listen")]
+    pub peer_tls: Option<PathBuf>,
+
+    /// Namespace of the tracer's own pods (peers are found by label
+    /// app.kubernetes.io/name=tracer there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tracer-system")]
+    pub peer_namespace: String,
+
+    /// Longest a lost verdict waits for its peer's answer (at most 1s).
+    #[arg(long, default_value = "1s", value_parser = parse_peer_wait, hide = true)]
+    pub peer_wait: Duration,
+}
+
+/// A peer wait: at most 1 s.
+fn parse_peer_wait(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > crate::peer::MAX_WAIT {
+        return Err(format!("peer wait {s:?} is longer than 1s"));
+    }
+    Ok(d)
 }
 
 /// A summary interval: a duration of at most 10 s.
@@ -292,6 +334,11 @@ mod tests {
         assert_eq!(ok("0.0.0.0:9090"), SocketAddr::from(([0, 0, 0, 0], 9090)));
         assert_eq!(ok("[::]:9090").port(), 9090);
         assert_eq!(ok(":9464"), SocketAddr::from(([0, 0, 0, 0], 9464)));
+        // `$(HOST_IP):9966` on an IPv6 node.
+        assert_eq!(
+            ok("fd00:ec2::23:9966"),
+            "[fd00:ec2::23]:9966".parse().expect("addr")
+        );
         assert!(ok("localhost:9090").ip().is_loopback());
         for (bad, needle) in [
             ("9090", "has no host"),

@@ -8,6 +8,7 @@ mod decode;
 mod devtools;
 mod enrich;
 mod observe;
+mod peer;
 mod sinks;
 mod verdict;
 
@@ -38,6 +39,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Run(args) => daemon::main(args),
         cli::Command::Observe(args) => observe::client::main(*args),
+        cli::Command::Certs(args) => peer::certs::main(&args),
         cli::Command::MetaDump(a) => enrich::dump_main(
             enrich::EnrichConfig {
                 kubeconfig: a.kubeconfig,

@@ -387,3 +387,92 @@ fn long_name_is_cut_not_lost_and_garbage_is_ignored() {
         }
     }
 }
+
+#[test]
+fn answers_to_other_machines_are_noted_in_the_ledger() {
+    if !privileged() {
+        return;
+    }
+    // Every test run on one CPU, so its segment comes round.
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    let mut cfg = LoadConfig::default();
+    cfg.dns.ledger_slots = 4;
+    let mut k = kernel_with(cfg);
+    // A query from another node arrives at the uplink, goes to the replica's veth; the answer
+    // comes back from the replica and leaves through the uplink.
+    assert!(run(&mut k, TcProgram::UplinkIn, &query()).is_empty());
+    let open = read_all(&k.tables.dns, 16).expect("table");
+    let [(key, _)] = open.as_slice() else {
+        panic!("one entry expected, got {open:?}")
+    };
+    let key = *key;
+    assert!(run(&mut k, TcProgram::PodOut, &query()).is_empty());
+    assert!(run(&mut k, TcProgram::PodIn, &answer()).is_empty());
+    assert!(run(&mut k, TcProgram::UplinkOut, &answer()).is_empty());
+    let written = k
+        .capture
+        .counter_per_cpu(tracer_common::counter::LEDGER_WRITTEN)
+        .expect("counter");
+    assert_eq!(written.iter().sum::<u64>(), 1, "{written:?}");
+    let ledger = k.tables.ledger.take().expect("ledger mapped");
+    let fp = tracer_common::dns_key_fp(&key);
+    let scan = ledger.scan(&[fp].into_iter().collect(), &written);
+    let slot = scan.found.get(&fp).expect("the delivery is in the ledger");
+    assert!(slot.done_ns > 0 && slot.out_ifindex > 0, "{slot:?}");
+    assert_eq!(scan.oldest_done_ns, None, "nothing overwritten yet");
+    // Five more deliveries on a 4-slot segment: the first is overwritten, and the scan says
+    // from when on it remembers.
+    for id in 1..=5u16 {
+        let mut q = dns_message(false);
+        q[1] = q[1].wrapping_add(id as u8);
+        let mut a = dns_message(true);
+        a[1] = a[1].wrapping_add(id as u8);
+        run(
+            &mut k,
+            TcProgram::UplinkIn,
+            &eth_ipv4(17, &udp(40000, 53, &q)),
+        );
+        run(
+            &mut k,
+            TcProgram::UplinkOut,
+            &reply_ipv4(eth_ipv4(17, &udp(53, 40000, &a))),
+        );
+    }
+    let written = k
+        .capture
+        .counter_per_cpu(tracer_common::counter::LEDGER_WRITTEN)
+        .expect("counter");
+    let scan = ledger.scan(&[fp].into_iter().collect(), &written);
+    assert!(scan.found.is_empty(), "overwritten: {scan:?}");
+    assert!(
+        scan.oldest_done_ns.is_some_and(|t| t > slot.done_ns),
+        "{scan:?}"
+    );
+    // Queries from this node's pods are not noted.
+    let before: u64 = written.iter().sum();
+    let mut q = dns_message(false);
+    q[1] = 0x77;
+    let mut a = dns_message(true);
+    a[1] = 0x77;
+    run(&mut k, TcProgram::PodIn, &eth_ipv4(17, &udp(40000, 53, &q)));
+    run(
+        &mut k,
+        TcProgram::PodOut,
+        &reply_ipv4(eth_ipv4(17, &udp(53, 40000, &a))),
+    );
+    let after: u64 = k
+        .capture
+        .counter_per_cpu(tracer_common::counter::LEDGER_WRITTEN)
+        .expect("counter")
+        .iter()
+        .sum();
+    assert_eq!(after, before);
+}

@@ -45,6 +45,9 @@ pub enum CaptureError {
     /// The object lacks something this build expects.
     #[error("eBPF object has no {0}")]
     Missing(&'static str),
+    /// A memory-mapped map could not be mapped.
+    #[error("mapping {0}: {1}")]
+    Mmap(&'static str, #[source] std::io::Error),
     /// Reading kernel BTF failed.
     #[error("reading kernel BTF: {0}")]
     Btf(#[from] aya::BtfError),
@@ -148,7 +151,7 @@ impl Default for LoadConfig {
                 grace_ns: 1_000_000_000,
                 slow_ns: 500_000_000,
                 answered_flows: 0,
-                _pad: 0,
+                ledger_slots: 0,
             },
             dns_entries: tracer_common::DNS_TABLE_ENTRIES,
             summary_entries: tracer_common::SUMMARY_ENTRIES,
@@ -170,12 +173,15 @@ pub struct Tables {
     pub slow_clients: HashMap<MapData, [u8; 16], u64>,
     /// This node's network namespaces.
     pub scope: HashMap<MapData, u32, u8>,
+    /// The delivery ledger, mapped (`None` when loaded without one).
+    pub ledger: Option<super::ledger::Ledger>,
 }
 
 /// Loaded kernel programs and maps.
 pub struct Capture {
     ebpf: Ebpf,
     mode: TcMode,
+    ledger_slots: u32,
 }
 
 /// How tc programs are attached.
@@ -236,6 +242,8 @@ pub struct Counters {
     pub dns_linger_freed: u64,
     /// New queries that could not replace an expired entry.
     pub dns_key_busy: u64,
+    /// Answers to other machines' queries noted in the delivery ledger.
+    pub ledger_written: u64,
 }
 
 impl Capture {
@@ -247,6 +255,7 @@ impl Capture {
             .override_global("CONFIG", &cfg.dns, true)
             .map_max_entries("DNS_TABLE", cfg.dns_entries.max(1))
             .map_max_entries("SUMMARY", cfg.summary_entries.max(1))
+            .map_max_entries("LEDGER", ledger_entries(cfg.dns.ledger_slots))
             .load(EBPF_OBJECT)?;
         for prog in TcProgram::ALL {
             let name = prog.name();
@@ -261,6 +270,7 @@ impl Capture {
         Ok(Self {
             ebpf,
             mode: TcMode::Auto,
+            ledger_slots: cfg.dns.ledger_slots,
         })
     }
 
@@ -388,6 +398,16 @@ impl Capture {
             slow_clients: HashMap::try_from(take(&mut self.ebpf, "SLOW_CLIENTS")?)
                 .map_err(wrap("SLOW_CLIENTS"))?,
             scope: HashMap::try_from(take(&mut self.ebpf, "SCOPE")?).map_err(wrap("SCOPE"))?,
+            ledger: if self.ledger_slots == 0 {
+                None
+            } else {
+                let map =
+                    Array::try_from(take(&mut self.ebpf, "LEDGER")?).map_err(wrap("LEDGER"))?;
+                Some(
+                    super::ledger::Ledger::new(map, self.ledger_slots, possible_cpus())
+                        .map_err(|e| CaptureError::Mmap("LEDGER", e))?,
+                )
+            },
         })
     }
 
@@ -401,6 +421,25 @@ impl Capture {
             name: "EVENTS",
             source,
         })
+    }
+
+    /// One counter ([`tracer_common::counter`]) per CPU: one system call.
+    pub fn counter_per_cpu(&self, idx: u32) -> Result<Vec<u64>, CaptureError> {
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(CaptureError::Missing("COUNTERS"))?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| CaptureError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
+        arr.get(&idx, 0)
+            .map(|v| v.iter().copied().collect())
+            .map_err(|source| CaptureError::Map {
+                name: "COUNTERS",
+                source,
+            })
     }
 
     /// One counter ([`tracer_common::counter`]) summed over CPUs: one system call.
@@ -467,6 +506,7 @@ impl Capture {
             drops_other_node: get(counter::DROP_OTHER_NODE),
             dns_linger_freed: get(counter::DNS_LINGER_FREED),
             dns_key_busy: get(counter::DNS_KEY_BUSY),
+            ledger_written: get(counter::LEDGER_WRITTEN),
         })
     }
 
@@ -475,6 +515,19 @@ impl Capture {
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+/// Number of possible CPUs (per-CPU map sizes), at least 1.
+pub fn possible_cpus() -> usize {
+    aya::util::nr_cpus().map_or(1, |n| usize::try_from(n.get()).unwrap_or(1))
+}
+
+/// Size of the `LEDGER` map: one segment of `per_cpu` slots per possible CPU (at least 1).
+fn ledger_entries(per_cpu: u32) -> u32 {
+    u32::try_from(possible_cpus())
+        .unwrap_or(u32::MAX)
+        .saturating_mul(per_cpu)
+        .max(1)
 }
 
 /// tcx exists from Linux 6.6 on.

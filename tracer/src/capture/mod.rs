@@ -4,6 +4,7 @@
 //!   programs, reads the ring buffer and the per-CPU counters.
 //! * [`attach`]: the attach manager — discovers interfaces over netlink, classifies them
 //!   ([`iface`]) and keeps the right programs attached as pods come and go.
+//! * [`ledger`]: the kernel's delivery ledger, memory-mapped (what a peer tracer asks about).
 //! * [`netns`]: which network namespaces are this node's (its own and its pods').
 //! * [`kernel`]: facts read from the running kernel (BTF drop reasons and struct offsets,
 //!   kallsyms).
@@ -13,6 +14,7 @@ pub mod attach;
 pub mod hooks;
 pub mod iface;
 pub mod kernel;
+pub mod ledger;
 pub mod load;
 pub mod netns;
 pub mod signals;

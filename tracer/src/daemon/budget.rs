@@ -13,6 +13,8 @@ pub const DEFAULT_BUDGET: u64 = 256 << 20;
 const DNS_ENTRY_BYTES: u64 = 24 + 384 + 64;
 /// Kernel memory per summary entry.
 const SUMMARY_ENTRY_BYTES: u64 = 40 + 208 + 64;
+/// Kernel memory per delivery ledger slot (an array element, no overhead).
+const LEDGER_SLOT_BYTES: u64 = 32;
 /// Userspace memory per open flow, typical (a flow with retries may take up to ~8.6 KiB; the
 /// table holds few of those).
 const FLOW_BYTES: u64 = 2048;
@@ -29,6 +31,12 @@ pub struct Budget {
     pub summary_entries: u32,
     /// Open flows in the correlator (≈ 15 %).
     pub max_flows: usize,
+    /// Slots of the kernel's delivery ledger, all CPUs together (≈ 10 %; used only with the
+    /// peer service).
+    pub ledger_slots: u32,
+    /// Facts of handed-over queries from other nodes kept for peers (≈ 5 %; peer service
+    /// only).
+    pub peer_facts: usize,
 }
 
 impl Budget {
@@ -40,6 +48,8 @@ impl Budget {
             dns_entries: share(5, DNS_ENTRY_BYTES, 4096, 1 << 20) as u32,
             summary_entries: share(2, SUMMARY_ENTRY_BYTES, 1024, 1 << 16) as u32,
             max_flows: share(15, FLOW_BYTES, 1024, 1 << 18) as usize,
+            ledger_slots: share(10, LEDGER_SLOT_BYTES, 4096, 1 << 22) as u32,
+            peer_facts: share(5, crate::peer::ledger::ENTRY_BYTES as u64, 1024, 1 << 18) as usize,
         }
     }
 
@@ -113,6 +123,8 @@ mod tests {
         assert_eq!(b.dns_entries, 28_435);
         assert!(b.summary_entries >= 1024);
         assert_eq!(b.max_flows, 19_660);
+        assert_eq!(b.ledger_slots, 838_860);
+        assert_eq!(b.peer_facts, 41_943);
         let small = Budget::new(32 << 20);
         assert!(small.dns_entries >= 4096 && small.max_flows >= 1024);
         let huge = Budget::new(1 << 40);

@@ -53,6 +53,16 @@ impl Clock {
         mono_ns()
     }
 
+    /// Wall-clock minus monotonic, ns (as last measured).
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
+    /// Wall-clock ns since the Unix epoch of a monotonic timestamp.
+    pub fn unix_ns(&self, mono: u64) -> i64 {
+        i64::try_from(i128::from(mono) + self.offset_ns).unwrap_or(i64::MAX)
+    }
+
     /// RFC 3339 wall-clock time of a monotonic timestamp.
     pub fn wall_rfc3339(&self, mono: u64) -> Option<String> {
         let ts = jiff::Timestamp::from_nanosecond(i128::from(mono) + self.offset_ns).ok()?;

@@ -7,9 +7,11 @@
 //! * [`scope`]: this node's network namespaces, mirrored into the kernel.
 //! * [`clock`]: the kernel's monotonic clock and wall-clock time.
 //! * [`budget`]: table sizes from the memory limit.
+//! * [`peering`]: cross-node verdicts (the peer service and the asker).
 
 pub mod budget;
 pub mod clock;
+pub mod peering;
 pub mod pipeline;
 pub mod preflight;
 pub mod scope;
@@ -113,6 +115,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 kubeconfig: args.kubeconfig.clone(),
                 node_name: args.node_name.clone(),
                 veth_prefix: args.veth_prefix.clone(),
+                peer_namespace: args.peer_listen.map(|_| args.peer_namespace.clone()),
                 ..Default::default()
             })
             .await?
@@ -129,7 +132,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             slow_ns: ns(SLOW_ANSWER),
             // Packet events need every query handed over.
             answered_flows: u32::from(answered == AnsweredMode::Flows || args.events),
-            _pad: 0,
+            // Per CPU; only the peer service reads the ledger.
+            ledger_slots: if args.peer_listen.is_some() {
+                let cpus = u32::try_from(crate::capture::load::possible_cpus()).unwrap_or(1);
+                (budget.ledger_slots / cpus.max(1)).max(64)
+            } else {
+                0
+            },
         },
         dns_entries: budget.dns_entries,
         summary_entries: budget.summary_entries,
@@ -164,6 +173,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.max_flows = budget.max_flows;
     // Negative verdicts wait until the sweeper has surely taken the entry and read the losses.
     config.loss_margin = GRACE + sweep_period * 2;
+    let window = config.window;
     let mut p = Pipeline::new(
         own_netns,
         symbols,
@@ -171,8 +181,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sinks,
         Correlator::new(config),
         meta,
-        node,
+        node.clone(),
     );
+    p.window = window;
+    let peers = match (args.peer_listen, &args.peer_tls) {
+        (Some(listen), Some(dir)) => {
+            let ch = peering::start(
+                listen,
+                dir,
+                &node,
+                budget.peer_facts,
+                &mut p,
+                args.peer_wait,
+                mono_ns(),
+            )
+            .await?;
+            metrics.track_peer(ch.stats.clone());
+            Some(ch)
+        }
+        _ => None,
+    };
+    let peer_started = peers.as_ref().map_or(0, |c| c.started_ns);
+    let (mut peer_questions, mut peer_outcomes) = match peers {
+        Some(c) => (Some(c.questions), Some(c.outcomes)),
+        None => (None, None),
+    };
 
     let ring = capture.take_ring()?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (both dropped together).
@@ -222,6 +255,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     mgr.refresh_hooks_of(&handle, ifaces).await;
                 }
                 p.poll(now, mgr.hooks());
+                p.peer_expire(false);
                 metrics.heartbeat(now / 1_000_000_000);
                 if let Some((start, end)) = kt.collect(&mut p.summaries) {
                     p.emit_summaries(start, end);
@@ -267,6 +301,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 mgr.reconcile(&handle, &mut capture).await;
                 scope.refresh(&mut handle, &mgr, kt.scope_map()).await;
             }
+            Some(q) = recv_or_pending(&mut peer_questions) => {
+                peering::answer(q, &p, &kt, &capture, mgr.table(), peer_started);
+            }
+            Some(o) = recv_or_pending_unbounded(&mut peer_outcomes) => {
+                p.peer_outcome(o);
+                p.flush();
+            }
             _ = stats_tick.tick() => log_counters(&capture, &mgr, &p, &kt),
             _ = metrics_tick.tick() => {
                 update_metrics(&metrics, &capture, &mgr, &p);
@@ -294,13 +335,47 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some((start, end)) = kt.collect(&mut p.summaries) {
         p.emit_summaries(start, end);
     }
-    // Every open flow gets its say.
+    // Every open flow gets its say; verdicts still waiting for a peer go out as they are.
     p.finish(mgr.hooks());
+    p.peer_expire(true);
+    p.flush();
     log_counters(&capture, &mgr, &p, &kt);
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// The asking and answering sides' counts, as JSON (`-` without a peer service).
+fn peer_counters(p: &Pipeline) -> String {
+    match (&p.parking, &p.peer_facts) {
+        (Some(park), Some(facts)) => serde_json::json!({
+            "asked": park.stats().asked,
+            "waiting": park.stats().waiting,
+            "facts_held": facts.len(),
+            "facts_evicted": facts.evicted,
+        })
+        .to_string(),
+        _ => "-".into(),
+    }
+}
+
+/// The next message of an optional channel (pending forever without one).
+async fn recv_or_pending<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// [`recv_or_pending`] for an unbounded channel.
+async fn recv_or_pending_unbounded<T>(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>,
+) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads every record waiting in the ring buffer.
@@ -373,6 +448,7 @@ fn log_counters(capture: &Capture, mgr: &AttachManager, p: &Pipeline, kt: &Kerne
         sweep = %serde_json::to_string(&kt.stats).unwrap_or_default(),
         attach = %serde_json::to_string(&mgr.stats()).unwrap_or_default(),
         flows = %serde_json::to_string(&p.correlator.stats()).unwrap_or_default(),
+        peer = %peer_counters(p),
         "counters"
     );
 }

@@ -13,6 +13,7 @@ use crate::{
         MetaCache,
         finalize::{Facts, finalize},
     },
+    peer::{Parking, answer::LocalFacts, client::Outcome, ledger::FactsLedger},
     sinks::{Output, Sinks},
     verdict::{
         Correlator, Verdict, VerdictKind,
@@ -73,6 +74,13 @@ pub struct Pipeline {
     /// there (the verdict will name that program).
     pub tc_drop_ifaces: std::collections::HashSet<u32>,
     node: String,
+    /// Cross-node verdicts: lost verdicts waiting for their peer's answer (asking side).
+    pub parking: Option<Parking>,
+    /// Cross-node verdicts: facts of other nodes' queries the kernel handed over (answering
+    /// side).
+    pub peer_facts: Option<FactsLedger>,
+    /// The flow window (peers are told how long a query could be on its way).
+    pub window: std::time::Duration,
 }
 
 impl Pipeline {
@@ -99,7 +107,30 @@ impl Pipeline {
             summaries: Summaries::default(),
             tc_drop_ifaces: std::collections::HashSet::new(),
             node,
+            parking: None,
+            peer_facts: None,
+            window: std::time::Duration::from_secs(5),
         }
+    }
+
+    /// The facts of an entry read from the kernel's DNS table, when it is a query from another
+    /// machine (for a peer's question).
+    pub fn entry_facts(
+        &self,
+        key: &tracer_common::DnsKey,
+        entry: &tracer_common::DnsEntry,
+        ifaces: &IfaceTable,
+    ) -> Option<LocalFacts> {
+        let r = decode::record::decode_entry(
+            Why::Swept,
+            key,
+            entry,
+            ifaces,
+            self.own_netns,
+            self.symbols.as_ref(),
+        )
+        .ok()?;
+        LocalFacts::from_events(&r.events).map(|(_, f)| f)
     }
 
     /// Decodes one ring-buffer record and feeds what it yields on; every skip is counted.
@@ -153,6 +184,9 @@ impl Pipeline {
             // Counted as answered in the kernel, but never reached the client's socket.
             self.summaries.retract(s);
         }
+        if let Some(f) = self.peer_facts.as_mut() {
+            f.note(&r.events, self.clock.mono_ns());
+        }
         for ev in &r.events {
             self.packet(ev, scope);
         }
@@ -171,6 +205,11 @@ impl Pipeline {
         }
         if self.sinks.wants_events() {
             self.sinks.publish(&Output::Packet(ev.clone()), true);
+        }
+        if ev.dns.is_some()
+            && let Some(f) = self.peer_facts.as_mut()
+        {
+            f.observe(ev);
         }
         self.correlator.observe(ev);
     }
@@ -202,8 +241,49 @@ impl Pipeline {
                 wall: &|t| clock.wall_rfc3339(t),
             };
             finalize(&mut v, &facts);
-            let shown = !(self.answered == AnsweredMode::Off && v.verdict == VerdictKind::Answered);
-            self.sinks.publish(&Output::Verdict(v), shown);
+            if let Some(park) = self.parking.as_mut()
+                && let Some(node) = park.peer_node(&v).map(str::to_owned)
+            {
+                let addr = self.meta.peer_addr(&node);
+                let sent = self.clock.unix_ns(v.start_ns);
+                match park.park(v, &node, addr, sent, self.window) {
+                    Ok(()) => continue,
+                    Err(v) => {
+                        self.publish_with_peer(*v);
+                        continue;
+                    }
+                }
+            }
+            self.publish_verdict(v);
+        }
+    }
+
+    fn publish_verdict(&mut self, v: Verdict) {
+        let shown = !(self.answered == AnsweredMode::Off && v.verdict == VerdictKind::Answered);
+        self.sinks.publish(&Output::Verdict(v), shown);
+    }
+
+    /// A verdict whose peer answer is in: its hint names the direction now.
+    fn publish_with_peer(&mut self, mut v: Verdict) {
+        v.hint = crate::verdict::hint::render(&v);
+        self.publish_verdict(v);
+    }
+
+    /// A peer's answer (or why there is none) for a waiting verdict.
+    pub fn peer_outcome(&mut self, o: Outcome) {
+        if let Some(v) = self.parking.as_mut().and_then(|p| p.settle(o)) {
+            self.publish_with_peer(v);
+        }
+    }
+
+    /// Verdicts whose peer did not answer in time (all of them at shutdown).
+    pub fn peer_expire(&mut self, all: bool) {
+        let late = match self.parking.as_mut() {
+            Some(p) => p.expire(std::time::Instant::now(), all),
+            None => return,
+        };
+        for v in late {
+            self.publish_with_peer(v);
         }
     }
 

@@ -95,6 +95,16 @@ impl KernelTables {
         }
     }
 
+    /// The entry of `key` in the kernel's DNS table now, if any (one system call).
+    pub fn dns_entry(&self, key: &DnsKey) -> Option<DnsEntry> {
+        self.t.dns.get(key, 0).ok()
+    }
+
+    /// The kernel's delivery ledger, when loaded with one.
+    pub fn ledger(&self) -> Option<&crate::capture::ledger::Ledger> {
+        self.t.ledger.as_ref()
+    }
+
     /// The node's namespace map (kept in sync by [`super::scope::Scope`]).
     pub fn scope_map(&mut self) -> &mut aya::maps::HashMap<aya::maps::MapData, u32, u8> {
         &mut self.t.scope

@@ -235,6 +235,16 @@ impl MetaCache {
         pod.branch_eni().cloned()
     }
 
+    /// The address of the tracer on `node` (its pod's IP, the node's with host networking), if
+    /// a running tracer pod with an address is known there.
+    pub fn peer_addr(&self, node: &str) -> Option<IpAddr> {
+        read(&self.shared.index)
+            .peers
+            .values()
+            .filter(|p| p.node.as_deref() == Some(node))
+            .find_map(|p| p.ips.first().copied())
+    }
+
     /// The kube-dns Service this cache follows (`kube-system/kube-dns` by default).
     pub fn dns_service(&self) -> Option<Arc<ServiceMeta>> {
         read(&self.shared.index)
@@ -576,10 +586,10 @@ pub(crate) trait TableOf<V> {
 
 impl TableOf<PodMeta> for Index {
     fn table_of(&mut self, id: TableId) -> &mut Table<PodMeta> {
-        if id == TableId::DnsPods {
-            &mut self.dns_pods
-        } else {
-            &mut self.pods
+        match id {
+            TableId::DnsPods => &mut self.dns_pods,
+            TableId::Peers => &mut self.peers,
+            _ => &mut self.pods,
         }
     }
 }

@@ -184,6 +184,8 @@ pub(crate) struct Index {
     pub nodes: Table<NodeMeta>,
     /// EndpointSlices.
     pub slices: Table<SliceMeta>,
+    /// The tracer DaemonSet's own pods (peers for cross-node verdicts), by key.
+    pub peers: Table<PodMeta>,
 }
 
 /// Which table a watcher feeds.
@@ -194,6 +196,7 @@ pub(crate) enum TableId {
     Services,
     Nodes,
     Slices,
+    Peers,
 }
 
 impl TableId {
@@ -205,6 +208,7 @@ impl TableId {
             TableId::Services => "services",
             TableId::Nodes => "nodes",
             TableId::Slices => "endpointslices",
+            TableId::Peers => "tracer-peers",
         }
     }
 }

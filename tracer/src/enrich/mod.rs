@@ -74,6 +74,9 @@ pub struct EnrichConfig {
     pub veth_prefix: String,
     /// The cluster DNS Service, `namespace/name` (default `kube-system/kube-dns`).
     pub dns_service: String,
+    /// Namespace of the tracer's own pods, watched to find peers (cross-node verdicts);
+    /// `None`: not watched.
+    pub peer_namespace: Option<String>,
 }
 
 impl Default for EnrichConfig {
@@ -86,6 +89,7 @@ impl Default for EnrichConfig {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| DEFAULT_VETH_PREFIX.to_owned()),
             dns_service: "kube-system/kube-dns".to_owned(),
+            peer_namespace: None,
         }
     }
 }
@@ -218,6 +222,7 @@ pub async fn try_start(cfg: EnrichConfig) -> Result<MetaCache, EnrichError> {
         cfg.node_name,
         cfg.veth_prefix,
         dns_service_key(&cfg.dns_service),
+        cfg.peer_namespace.as_deref(),
         watch::Tuning::default(),
     );
     // Before any await: the watch tasks have not run yet, so every failure names the URL.

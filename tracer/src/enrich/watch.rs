@@ -286,6 +286,24 @@ pub(crate) fn spawn_dns_pods(
     });
 }
 
+/// Label of the tracer DaemonSet's pods (deploy/daemonset.yaml).
+pub const PEER_SELECTOR: &str = "app.kubernetes.io/name=tracer";
+
+/// The tracer's own pods in `namespace` (cross-node verdicts: node → peer address). Not
+/// required for Ready: verdicts do not wait for peers.
+pub(crate) fn spawn_peers(cache: &MetaCache, client: Client, namespace: &str, tuning: Tuning) {
+    let api: Api<Pod> = Api::namespaced(client, namespace);
+    cache.register(TableId::Peers, false);
+    let probe = list_probe(
+        api.clone(),
+        ListParams::default().labels(PEER_SELECTOR),
+        tuning.probe_timeout,
+    );
+    let stream = watcher(api, base_config().labels(PEER_SELECTOR)).default_backoff();
+    let weak = Arc::downgrade(&cache.shared);
+    tokio::spawn(drive(weak, TableId::Peers, stream, probe, tuning, |_| {}));
+}
+
 /// Nodes (InternalIP → name).
 pub(crate) fn spawn_nodes(cache: &MetaCache, client: Client, tuning: Tuning) {
     let api: Api<Node> = Api::all(client);
@@ -399,6 +417,7 @@ pub(crate) fn start_with_client(
     node_name: Option<String>,
     veth_prefix: String,
     dns_service: ObjKey,
+    peer_namespace: Option<&str>,
     tuning: Tuning,
 ) -> MetaCache {
     let cache = MetaCache::new(
@@ -415,6 +434,9 @@ pub(crate) fn start_with_client(
     spawn_services(&cache, client.clone(), selector_tx, tuning);
     spawn_dns_pods(&cache, client.clone(), selector_rx, tuning);
     spawn_nodes(&cache, client.clone(), tuning);
+    if let Some(ns) = peer_namespace {
+        spawn_peers(&cache, client.clone(), ns, tuning);
+    }
     spawn_slices(&cache, client, tuning);
     cache
 }

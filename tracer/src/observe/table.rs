@@ -696,6 +696,14 @@ fn verdict_cells(v: &Value) -> Cells {
     if matches!(verdict.as_str(), "lost_beyond_node" | "unanswered") {
         reason.push("no reply".to_owned());
     }
+    // Cross-node verdicts: what the server node's tracer found.
+    if let Some(finding) = text(v, "peer.finding") {
+        let node = str_at(v, "peer.node").map(short_node).unwrap_or_default();
+        match text(v, "peer.reason") {
+            Some(r) => reason.push(format!("peer {node}: {finding} ({r})")),
+            None => reason.push(format!("peer {node}: {finding}")),
+        }
+    }
     if let Some(r) = text(v, "drop.reason") {
         match text(v, "drop.location") {
             Some(loc) => reason.push(format!("{r} at {loc}")),

@@ -98,6 +98,9 @@ struct ServerLabels {
     server: String,
 }
 
+/// Counters of the peer service (`tracer_peer_service_total{counter}`).
+const PEER_SERVICE_COUNTERS: [&str; 5] = ["requests", "asks", "refused", "bad_requests", "busy"];
+
 /// `namespace/pod` of a replica, else its address.
 fn replica_label(m: &crate::verdict::PodMeta, ip: std::net::IpAddr) -> String {
     match (&m.namespace, &m.pod) {
@@ -132,6 +135,12 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    finding: String,
+    reason: String,
+}
+
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
@@ -154,6 +163,9 @@ struct Inner {
     /// When the daemon's main loop last went round (`CLOCK_MONOTONIC` s; 0 before the first).
     heartbeat: AtomicU64,
     observe_stats: Mutex<Option<ObserveStats>>,
+    peer_findings: Family<PeerLabels, Counter>,
+    peer_server: Family<CounterLabels, Counter>,
+    peer_stats: Mutex<Option<Arc<crate::peer::server::ServerStats>>>,
 }
 
 /// The daemon's metrics. Cheap to clone; every clone is the same set.
@@ -292,6 +304,18 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             dns_latency.clone(),
         );
+        let peer_findings = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "peer_findings",
+            "Verdicts lost beyond this node that went out with a peer's finding (cross-node verdicts), by finding and, for unknown, the reason",
+            peer_findings.clone(),
+        );
+        let peer_server = Family::<CounterLabels, Counter>::default();
+        registry.register(
+            "peer_service",
+            "The peer service's counts: requests and asks answered, handshakes refused, bad requests, asks answered busy",
+            peer_server.clone(),
+        );
         for name in KERNEL_COUNTERS {
             let _ = kernel.get_or_create(&CounterLabels {
                 counter: name.to_owned(),
@@ -328,8 +352,33 @@ impl Metrics {
                 ready: AtomicBool::new(false),
                 heartbeat: AtomicU64::new(0),
                 observe_stats: Mutex::new(None),
+                peer_findings,
+                peer_server,
+                peer_stats: Mutex::new(None),
             }),
         }
+    }
+
+    /// Reads the peer service's counts at every scrape.
+    pub fn track_peer(&self, stats: Arc<crate::peer::server::ServerStats>) {
+        for f in crate::verdict::PeerFinding::ALL {
+            if f != crate::verdict::PeerFinding::Unknown {
+                let _ = self.inner.peer_findings.get_or_create(&PeerLabels {
+                    finding: f.as_str().to_owned(),
+                    reason: String::new(),
+                });
+            }
+        }
+        for name in PEER_SERVICE_COUNTERS {
+            let _ = self.inner.peer_server.get_or_create(&CounterLabels {
+                counter: name.to_owned(),
+            });
+        }
+        *self
+            .inner
+            .peer_stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(stats);
     }
 
     /// Counts one finished line from its typed form: verdicts by verdict, kind, drop reason
@@ -340,6 +389,15 @@ impl Metrics {
         use crate::sinks::Output;
         match out {
             Output::Verdict(v) => {
+                if let Some(p) = &v.peer {
+                    self.inner
+                        .peer_findings
+                        .get_or_create(&PeerLabels {
+                            finding: p.finding.as_str().to_owned(),
+                            reason: p.reason.map(|r| r.as_str()).unwrap_or_default().to_owned(),
+                        })
+                        .inc();
+                }
                 self.record_verdict_parts(
                     v.verdict.as_str(),
                     match v.kind {
@@ -583,6 +641,27 @@ impl Metrics {
             .map(ObserveStats::snapshot);
         if let Some(s) = stats {
             self.set_observe(s.clients, s.lines_skipped);
+        }
+        let peer = self
+            .inner
+            .peer_stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(p) = peer {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (name, value) in [
+                ("requests", p.requests.load(Relaxed)),
+                ("asks", p.asks.load(Relaxed)),
+                ("refused", p.refused.load(Relaxed)),
+                ("bad_requests", p.bad_requests.load(Relaxed)),
+                ("busy", p.busy.load(Relaxed)),
+            ] {
+                let c = self.inner.peer_server.get_or_create(&CounterLabels {
+                    counter: name.to_owned(),
+                });
+                set_counter(&c, value);
+            }
         }
         let mut out = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)

@@ -29,6 +29,9 @@ pub enum StdoutFormat {
 }
 
 /// A finished line, typed: what the sinks receive.
+// Verdicts and summaries are of similar size and make up nearly every line; boxing one would
+// add an allocation per line without shrinking the common case.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Output {
     /// A per-flow verdict.

@@ -798,6 +798,7 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
         },
         egress_interface,
         enrichment: None,
+        peer: None,
         hint: String::new(),
         facts,
     }

@@ -4,7 +4,8 @@
 use crate::decode::event::{IcmpKind, IfaceKind, Rcode};
 
 use super::model::{
-    ClientSide, Direction, FlowKind, PodMeta, RejectBy, Stage, Transport, Verdict, VerdictKind,
+    ClientSide, Direction, FlowKind, PeerFinding, PeerOut, PeerReason, PodMeta, RejectBy, Stage,
+    Transport, Verdict, VerdictKind,
 };
 
 fn pod_name(m: &PodMeta) -> Option<String> {
@@ -464,6 +465,11 @@ fn lost(v: &Verdict) -> String {
     } else {
         "node security group".into()
     };
+    if let Some(peer) = &v.peer
+        && peer.finding != PeerFinding::Unknown
+    {
+        return format!("{}{suffix}", peer_lost(v, peer, &via_txt, &sg));
+    }
     let lead = if v.facts.after_truncation {
         format!(
             "after a truncated UDP answer, the TCP 53 fallback from {} left",
@@ -472,8 +478,19 @@ fn lost(v: &Verdict) -> String {
     } else {
         format!("{p} 53 from {} left", client(v))
     };
+    let unknown = v
+        .peer
+        .as_ref()
+        .and_then(|p| p.reason.map(|r| (p.node.as_str(), r)))
+        .map(|(node, r)| {
+            format!(
+                " (node {node}'s tracer could not say which: {})",
+                peer_reason(r)
+            )
+        })
+        .unwrap_or_default();
     let base = format!(
-        "{lead} node {} via {via_txt} toward {} and no reply came back within {w}{first}: the query or its reply was lost outside this node",
+        "{lead} node {} via {via_txt} toward {} and no reply came back within {w}{first}: the query or its reply was lost outside this node{unknown}",
         v.node,
         server(v)
     );
@@ -498,6 +515,69 @@ fn lost(v: &Verdict) -> String {
         "{base}: {controls}, and the route to {}{suffix}",
         v.server.ip
     )
+}
+
+/// Why a peer could not say, as a clause.
+fn peer_reason(r: PeerReason) -> &'static str {
+    match r {
+        PeerReason::NoTracer => "no tracer runs there",
+        PeerReason::Unreachable => "it could not be reached on the peer port",
+        PeerReason::Timeout => "it did not answer in time",
+        PeerReason::Refused => "it refused the question (TLS material from another CA?)",
+        PeerReason::PeerLoss => "it may have missed events at that time",
+        PeerReason::PeerNotRunning => "its tracer was not running yet",
+        PeerReason::BeyondHorizon => "it no longer remembers that far back",
+        PeerReason::Busy => "too many questions were waiting",
+        PeerReason::NodeUnknown => "the server's node is not known",
+    }
+}
+
+/// The lost hint when the server node's tracer said where the query ended.
+fn peer_lost(v: &Verdict, peer: &PeerOut, via: &str, sg: &str) -> String {
+    let p = proto(v).upper();
+    let b = &peer.node;
+    let at = |s: &Option<super::model::PeerSighting>| {
+        s.as_ref()
+            .map(|s| format!(" at {}", s.interface))
+            .unwrap_or_default()
+    };
+    let drop = peer
+        .drop_
+        .as_ref()
+        .map(|d| {
+            let on = d
+                .interface
+                .as_deref()
+                .map(|i| format!(" on {i}"))
+                .unwrap_or_default();
+            format!(" (dropped there: {}{on})", d.reason)
+        })
+        .unwrap_or_default();
+    let lead = format!(
+        "{p} 53 from {} left node {} via {via} toward {}",
+        client(v),
+        v.node,
+        server(v)
+    );
+    match peer.finding {
+        PeerFinding::RequestLost => format!(
+            "{lead} and never arrived at node {b} (its tracer saw nothing come in): the query was lost on the way there; check that the {sg} allows {p} 53 out to {ip}, that node {b}'s security group allows {p} 53 in from it, the network ACLs of both subnets for {p} 53, and the route between them",
+            ip = v.server.ip
+        ),
+        PeerFinding::NotDelivered => format!(
+            "{lead}, arrived at node {b}{} and never reached the replica's veth{drop}: it stopped on node {b}; check node {b}'s iptables/nftables and NetworkPolicy rules for {p} 53 (node {b}'s tracer has its own verdict for this key)",
+            at(&peer.arrived)
+        ),
+        PeerFinding::NoReply => format!(
+            "{lead}, reached the replica on node {b}{} and no reply left node {b}{drop}: the replica did not answer or its reply was dropped on node {b}; check the replica's logs, CPU throttling and node {b}'s verdict for this key",
+            at(&peer.to_replica)
+        ),
+        PeerFinding::ReplyLost => format!(
+            "{lead}; the replica answered and the reply left node {b}{} but never arrived here: the reply was lost on the way back; check the network ACLs on the return path ({p} from port 53 to ports 1024-65535, both subnets: NACLs are stateless), node {b}'s outbound security group rules and this node's inbound rules",
+            at(&peer.reply_left)
+        ),
+        PeerFinding::Unknown => lead,
+    }
 }
 
 fn unanswered(v: &Verdict) -> String {

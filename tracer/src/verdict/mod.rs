@@ -105,7 +105,8 @@ pub use flow::{MAX_ATTEMPTS, MAX_DETAILED_ATTEMPTS, MAX_SIGHTINGS_PER_ATTEMPT};
 )]
 pub use model::{
     Client, Direction, DnsOut, DropOut, EgressInterface, EgressOut, Evidence, FlowKind, PathEntry,
-    PodMeta, RejectBy, Rejection, SCHEMA, Server, Stage, Transport, Verdict, VerdictKind, Where,
+    PeerDrop, PeerFinding, PeerOut, PeerReason, PeerSighting, PodMeta, RejectBy, Rejection, SCHEMA,
+    Server, Stage, Transport, Verdict, VerdictKind, Where,
 };
 
 /// Default [`Config::max_flows`].

@@ -95,7 +95,7 @@ pub enum Evidence {
 }
 
 /// Direction of a packet relative to the flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Client to server (query, SYN, first UDP packet).
@@ -361,6 +361,127 @@ pub struct EgressInterface {
     pub eni_id: Option<String>,
 }
 
+/// What the tracer on the server's node found about a query this node saw leave and never come
+/// back ([`Verdict::peer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerFinding {
+    /// The query never arrived at the peer's node: lost on the way there.
+    RequestLost,
+    /// The query arrived at the peer's node but never reached the replica's veth.
+    NotDelivered,
+    /// The query reached the replica, and no reply left the peer's node.
+    NoReply,
+    /// The replica replied and the reply left the peer's node: lost on the way back.
+    ReplyLost,
+    /// The peer could not answer; [`PeerOut::reason`] says why.
+    Unknown,
+}
+
+impl PeerFinding {
+    /// Every finding, in schema order.
+    pub const ALL: [PeerFinding; 5] = [
+        PeerFinding::RequestLost,
+        PeerFinding::NotDelivered,
+        PeerFinding::NoReply,
+        PeerFinding::ReplyLost,
+        PeerFinding::Unknown,
+    ];
+
+    /// Name as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerFinding::RequestLost => "request_lost",
+            PeerFinding::NotDelivered => "not_delivered",
+            PeerFinding::NoReply => "no_reply",
+            PeerFinding::ReplyLost => "reply_lost",
+            PeerFinding::Unknown => "unknown",
+        }
+    }
+}
+
+/// Why a peer could not answer ([`PeerFinding::Unknown`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerReason {
+    /// No tracer pod is known on that node (or it has no address yet).
+    NoTracer,
+    /// The peer's address could not be reached (connection refused or failed).
+    Unreachable,
+    /// No answer within the deadline.
+    Timeout,
+    /// The peer refused the question or the TLS handshake failed (certificates from another
+    /// CA, protocol mismatch).
+    Refused,
+    /// The peer may have missed events of that time (records lost on its side).
+    PeerLoss,
+    /// The peer's tracer was not running yet when the query was sent.
+    PeerNotRunning,
+    /// The query is older than what the peer still remembers (its ledger came round).
+    BeyondHorizon,
+    /// Too many questions were waiting: this one was not asked.
+    Busy,
+    /// The server's node is not known (no Kubernetes names for the server).
+    NodeUnknown,
+}
+
+impl PeerReason {
+    /// Name as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerReason::NoTracer => "no_tracer",
+            PeerReason::Unreachable => "unreachable",
+            PeerReason::Timeout => "timeout",
+            PeerReason::Refused => "refused",
+            PeerReason::PeerLoss => "peer_loss",
+            PeerReason::PeerNotRunning => "peer_not_running",
+            PeerReason::BeyondHorizon => "beyond_horizon",
+            PeerReason::Busy => "busy",
+            PeerReason::NodeUnknown => "node_unknown",
+        }
+    }
+}
+
+/// A sighting on the peer's node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerSighting {
+    /// Interface on the peer's node (`eth0`, the replica's veth).
+    pub interface: String,
+    /// Wall-clock time on the peer's node (RFC 3339).
+    pub time: Option<String>,
+}
+
+/// A drop on the peer's node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PeerDrop {
+    /// Drop reason name (`NETFILTER_DROP`, ...).
+    pub reason: String,
+    /// Interface the packet was on (null when none).
+    pub interface: Option<String>,
+    /// Whether the query or the reply was dropped.
+    pub direction: Direction,
+}
+
+/// The peer's side of a query lost beyond this node ([`Verdict::peer`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerOut {
+    /// The node asked (the server's).
+    pub node: String,
+    /// What it found.
+    pub finding: PeerFinding,
+    /// Why it could not answer (iff `finding` is `unknown`).
+    pub reason: Option<PeerReason>,
+    /// Where and when the query arrived at the peer's node.
+    pub arrived: Option<PeerSighting>,
+    /// Where and when it left toward the replica (its pod veth).
+    pub to_replica: Option<PeerSighting>,
+    /// Where and when the reply left the peer's node.
+    pub reply_left: Option<PeerSighting>,
+    /// A drop of the query or reply on the peer's node.
+    #[serde(rename = "drop")]
+    pub drop_: Option<PeerDrop>,
+}
+
 /// One flow's verdict.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Verdict {
@@ -415,6 +536,9 @@ pub struct Verdict {
     /// State of Kubernetes metadata, set by enrichment (e.g. `complete`, `partial`); null when
     /// enrichment did not run.
     pub enrichment: Option<String>,
+    /// For `lost_beyond_node` toward a server on another node: what that node's tracer found
+    /// (null when not asked).
+    pub peer: Option<PeerOut>,
     /// One sentence: the likely cause and where to look.
     pub hint: String,
     /// Facts behind the hint that are not in the JSON.

@@ -256,6 +256,7 @@ fn local_query(t0: f64, port: u16, id: u16, rcode: Option<&str>) -> Vec<PacketEv
 
 // ----- harness -----
 
+#[derive(Clone)]
 enum Step {
     Ev(PacketEvent),
     Loss(f64, &'static str),
@@ -1833,6 +1834,11 @@ fn examples() -> Vec<(&'static str, Verdict)> {
     let rpf = find("c09_rpfilter_response");
     let icmp = find("c06_icmp_port_unreachable");
     let branch = find("c03_lost_via_branch_eni");
+    let with_peer = |mut v: Verdict, peer: PeerOut| {
+        v.peer = Some(peer);
+        v.hint = super::hint::render(&v);
+        v
+    };
     vec![
         (
             "answered",
@@ -1851,10 +1857,24 @@ fn examples() -> Vec<(&'static str, Verdict)> {
             pick(evs(egress_established(40102)), 200.0, 0),
         ),
         ("dropped", pick(rpf.steps, rpf.end_ms, 0)),
-        ("lost_beyond_node", pick(lost.steps, lost.end_ms, 1)),
+        ("lost_beyond_node", pick(lost.steps.clone(), lost.end_ms, 1)),
         (
             "lost_beyond_node-branch-eni",
-            pick(branch.steps, branch.end_ms, 0),
+            pick(branch.steps.clone(), branch.end_ms, 0),
+        ),
+        (
+            "lost_beyond_node-peer-request-lost",
+            with_peer(
+                pick(branch.steps, branch.end_ms, 0),
+                peer_example(PeerFinding::RequestLost),
+            ),
+        ),
+        (
+            "lost_beyond_node-peer-reply-lost",
+            with_peer(
+                pick(lost.steps, lost.end_ms, 1),
+                peer_example(PeerFinding::ReplyLost),
+            ),
         ),
         (
             "unanswered",
@@ -1874,6 +1894,103 @@ fn examples() -> Vec<(&'static str, Verdict)> {
             ),
         ),
     ]
+}
+
+/// The `peer` object node-b's tracer would give for `finding`.
+fn peer_example(finding: PeerFinding) -> PeerOut {
+    let at = |i: &str, t: &str| {
+        Some(PeerSighting {
+            interface: i.into(),
+            time: Some(t.into()),
+        })
+    };
+    let (arrived, to_replica, reply_left) = match finding {
+        PeerFinding::RequestLost | PeerFinding::Unknown => (None, None, None),
+        PeerFinding::NotDelivered => (at("eth0", "2026-11-24T02:10:00.124001Z"), None, None),
+        PeerFinding::NoReply => (
+            at("eth0", "2026-11-24T02:10:00.124001Z"),
+            at("eni7f3a9c2b1d4", "2026-11-24T02:10:00.124040Z"),
+            None,
+        ),
+        PeerFinding::ReplyLost => (
+            at("eth0", "2026-11-24T02:10:00.124001Z"),
+            Some(PeerSighting {
+                interface: "eni7f3a9c2b1d4".into(),
+                time: None,
+            }),
+            at("eth0", "2026-11-24T02:10:00.124380Z"),
+        ),
+    };
+    PeerOut {
+        node: "node-b".into(),
+        finding,
+        reason: (finding == PeerFinding::Unknown).then_some(PeerReason::Timeout),
+        arrived,
+        to_replica,
+        reply_left,
+        drop_: None,
+    }
+}
+
+#[test]
+fn peer_findings_name_the_direction_and_its_controls() {
+    let lost = all_cases()
+        .into_iter()
+        .find(|(n, _)| *n == "c02_udp_lost_tcp_works")
+        .map(|(_, c)| c)
+        .unwrap();
+    let (mut v, _) = run_steps(Config::new("node-a"), &lost.steps, lost.end_ms, false);
+    let mut base = v.swap_remove(1);
+    enrich(&mut base);
+    let hint = |finding: PeerFinding, drop: Option<PeerDrop>| {
+        let mut v = base.clone();
+        let mut p = peer_example(finding);
+        p.drop_ = drop;
+        v.peer = Some(p);
+        v.hint = super::hint::render(&v);
+        check_schema(&serde_json::to_value(&v).unwrap());
+        v.hint
+    };
+    let h = hint(PeerFinding::RequestLost, None);
+    assert!(
+        h.contains("never arrived at node node-b")
+            && h.contains("lost on the way there")
+            && h.contains("node security group allows UDP 53 out")
+            && !h.contains("return path"),
+        "{h}"
+    );
+    let h = hint(PeerFinding::ReplyLost, None);
+    assert!(
+        h.contains("the reply left node node-b at eth0")
+            && h.contains("lost on the way back")
+            && h.contains("network ACLs on the return path")
+            && !h.contains("allows UDP 53 out"),
+        "{h}"
+    );
+    let h = hint(
+        PeerFinding::NotDelivered,
+        Some(PeerDrop {
+            reason: "NETFILTER_DROP".into(),
+            interface: Some("eth0".into()),
+            direction: Direction::Request,
+        }),
+    );
+    assert!(
+        h.contains("arrived at node node-b at eth0")
+            && h.contains("dropped there: NETFILTER_DROP on eth0")
+            && h.contains("NetworkPolicy"),
+        "{h}"
+    );
+    let h = hint(PeerFinding::NoReply, None);
+    assert!(h.contains("no reply left node node-b"), "{h}");
+    // The peer could not say: the hint keeps both directions and says why.
+    let h = hint(PeerFinding::Unknown, None);
+    assert!(
+        h.contains("node node-b's tracer could not say which: it did not answer in time")
+            && h.contains("for the query")
+            && h.contains("for the reply"),
+        "{h}"
+    );
 }
 
 /// docs/examples/*.json are generated from these tests: set `TRACER_UPDATE_EXAMPLES=1` to

@@ -237,6 +237,14 @@ fn rows_show_problems_with_their_hint_and_summaries_with_their_count() {
     // DECIDED is the stream's order; STARTED (wide) the flow's first sighting.
     let lost = Layout::wide(false).row(&all[1]);
     assert!(lost.starts_with("02:10:05.140  02:10:00.138"), "{lost}");
+    // Cross-node verdicts: the peer's finding is in the reason.
+    let mut with_peer = all[1].clone();
+    with_peer["peer"] = json!({"node": OTHER_NODE, "finding": "reply_lost", "reason": null});
+    let row = Layout::wide(false).row(&with_peer);
+    assert!(row.contains("peer ip-192-168-101-187: reply_lost"), "{row}");
+    with_peer["peer"] = json!({"node": OTHER_NODE, "finding": "unknown", "reason": "timeout"});
+    let row = Layout::wide(false).row(&with_peer);
+    assert!(row.contains("unknown (timeout)"), "{row}");
 }
 
 #[test]

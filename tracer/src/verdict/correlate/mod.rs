@@ -227,6 +227,22 @@ impl Correlator {
         self.losses.push_back((from_ns, to_ns, what.to_string()));
     }
 
+    /// What was lost at or after `from_ns`, if anything (for a peer's question: may this node
+    /// have missed events of a query sent then?). Losses older than the history's bound count
+    /// as possible: an answer of "nothing lost" must be sure.
+    pub fn loss_after(&self, from_ns: u64) -> Option<String> {
+        if let Some((_, _, what)) = self.losses.iter().rev().find(|(_, to, _)| *to >= from_ns) {
+            return Some(what.clone());
+        }
+        // Full: older entries were let go; they may have reached `from_ns`.
+        let forgotten = self.losses.len() >= MAX_LOSSES
+            && self
+                .losses
+                .front()
+                .is_some_and(|(from, _, _)| *from > from_ns);
+        forgotten.then(|| "the loss history was full".to_owned())
+    }
+
     /// The loss that overlaps a flow starting at `first_ts` (whose life so far is up to the
     /// newest event), if any.
     fn loss_since(&self, first_ts: u64) -> Option<String> {
