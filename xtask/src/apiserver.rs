@@ -757,6 +757,45 @@ impl ApiServer {
         Ok(())
     }
 
+    /// Adds one tracer pod per `(node, node IP)` in `namespace`, labelled as deploy/'s
+    /// DaemonSet labels them and Running with host networking (pod IP = node IP): what a
+    /// tracer looks up to find its peers for cross-node verdicts.
+    pub fn seed_tracer_pods(&self, namespace: &str, nodes: &[(&str, Ipv4Addr)]) -> Result<()> {
+        self.kubectl_apply(&json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace },
+        }))
+        .context("seeding the tracer's namespace")?;
+        for (node, ip) in nodes {
+            let name = format!("tracer-{}", short_hash(node, 5));
+            self.kubectl_apply(&json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": name, "namespace": namespace,
+                              "labels": { "app.kubernetes.io/name": "tracer" } },
+                "spec": {
+                    "nodeName": node,
+                    "hostNetwork": true,
+                    "automountServiceAccountToken": false,
+                    "containers": [{ "name": "tracer", "image": "registry.k8s.io/pause:3.2" }],
+                },
+            }))
+            .with_context(|| format!("seeding tracer pod {namespace}/{name}"))?;
+            self.patch_status(
+                "pod",
+                Some(namespace),
+                &name,
+                &json!({
+                    "phase": "Running",
+                    "podIP": ip.to_string(),
+                    "podIPs": [{ "ip": ip.to_string() }],
+                    "hostIP": ip.to_string(),
+                    "conditions": [{ "type": "Ready", "status": "True" }],
+                }),
+            )
+            .with_context(|| format!("patching status of tracer pod {namespace}/{name}"))?;
+        }
+        Ok(())
+    }
+
     /// Adds `pods` pods spread over `nodes` extra nodes, all Running with IPs from
     /// 198.18.128.0/17 (for memory and scale measurements). Pod `i` runs on node
     /// `bench-node-<i % nodes>`; nodes get InternalIPs from 198.18.100.0/24. Namespace `bench`.

@@ -45,10 +45,11 @@ impl TracerProcess {
                 bin.display()
             );
         }
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let ready_file = std::env::temp_dir().join(format!(
             "tracer-ready-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let _ = std::fs::remove_file(&ready_file);
         let mut cmd = std::process::Command::new("ip");
