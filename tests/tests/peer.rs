@@ -221,6 +221,23 @@ fn node_b_says_which_way_the_query_died() {
     );
     drop(a);
     drop(b);
+
+    // Without the TLS material (the Secret was never made) the tracer still runs, says that
+    // cross-node verdicts are off and how to turn them on.
+    let empty = tls_dir.join("missing");
+    let mut c = start_tracer(
+        lab::NS_NODE_B,
+        lab::NODE_B_NAME,
+        &lab::NODE_B_IP.to_string(),
+        &kubeconfig,
+        &empty.to_string_lossy(),
+    );
+    let err = c.stderr();
+    assert!(
+        err.contains("cross-node verdicts are off") && err.contains("tracer certs"),
+        "{err}"
+    );
+    c.stop().expect("stop");
     drop(api);
     let _ = std::fs::remove_dir_all(&tls_dir);
 }

@@ -195,9 +195,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.peer_wait,
                 mono_ns(),
             )
-            .await?;
-            metrics.track_peer(ch.stats.clone());
-            Some(ch)
+            .await;
+            match ch {
+                Ok(ch) => {
+                    metrics.track_peer(ch.stats.clone());
+                    Some(ch)
+                }
+                // Cross-node verdicts are an addition: without them every verdict is still
+                // made from this node's evidence, so the node is not left unwatched.
+                Err(e) => {
+                    tracing::error!(
+                        "cross-node verdicts are off: {e:#}; make the material with \
+                         `tracer certs --out DIR --secret tracer-peer-tls | kubectl apply -f -`"
+                    );
+                    None
+                }
+            }
         }
         _ => None,
     };
