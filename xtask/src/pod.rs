@@ -1,0 +1,525 @@
+//! Running the image with podman the way `deploy/daemonset.yaml` runs it.
+//!
+//! [`ContainerSpec::from_daemonset`] reads the DaemonSet's tracer container (arguments,
+//! environment, security context, mounts, limits, readiness probe, grace period) and
+//! translates it into `podman run` flags, with a network namespace standing in for the node's
+//! host network. The image test runs the image that way in the lab's node A, so a change to the
+//! manifest (a capability removed, a mount added) is exercised by the test without editing it.
+//!
+//! podman runs with `--runtime runc` (crun, podman's default, fails on hosts with a hybrid
+//! cgroup layout) and explicit `--ulimit`s (raising rlimits is not permitted everywhere).
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+
+/// Global podman flags used for every podman call here: runc as the runtime (crun, podman's
+/// default, fails with "cgroups in hybrid mode not supported"; no system configuration is
+/// changed for this).
+pub const PODMAN_GLOBAL: [&str; 2] = ["--runtime", "runc"];
+
+/// rlimits passed explicitly (podman would otherwise try to raise them, which unprivileged
+/// sandboxes refuse).
+pub const ULIMITS: [&str; 4] = [
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
+
+/// An HTTP readiness probe (`httpGet`), port resolved to a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpProbe {
+    /// Request path, e.g. `/readyz`.
+    pub path: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// A DaemonSet container in podman terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// `podman run` flags: network, security, environment, mounts, limits.
+    pub flags: Vec<String>,
+    /// Arguments after the image (the container's `args`).
+    pub args: Vec<String>,
+    /// The readiness probe, if it is an `httpGet`.
+    pub readiness: Option<HttpProbe>,
+    /// `terminationGracePeriodSeconds` (Kubernetes' default, 30 s, when absent).
+    pub grace: Duration,
+}
+
+impl ContainerSpec {
+    /// Reads container `container` of the DaemonSet in `yaml` and translates it, with
+    /// `host_netns` (a network namespace file, e.g. `/run/netns/trl-node-a`) as the host network
+    /// and `node_name` as `spec.nodeName`.
+    ///
+    /// Fails on what it cannot translate faithfully (a volume type other than `hostPath` or
+    /// `emptyDir`, a `fieldRef` other than `spec.nodeName`, no `hostNetwork`).
+    pub fn from_daemonset(
+        yaml: &str,
+        container: &str,
+        host_netns: &Path,
+        node_name: &str,
+    ) -> Result<Self> {
+        let ds: Value = serde_saphyr::from_str(yaml).context("parsing the DaemonSet YAML")?;
+        ensure!(ds["kind"] == "DaemonSet", "not a DaemonSet: {}", ds["kind"]);
+        let pod = &ds["spec"]["template"]["spec"];
+        let c = pod["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+            .with_context(|| format!("no container {container:?} in the DaemonSet"))?;
+        let mut flags: Vec<String> = Vec::new();
+        let flag = |flags: &mut Vec<String>, k: &str, v: String| {
+            flags.push(k.to_owned());
+            flags.push(v);
+        };
+
+        // Pod level: the node's network namespace, PID namespace, seccomp.
+        ensure!(
+            pod["hostNetwork"] == true,
+            "the DaemonSet does not use hostNetwork: cannot stand a namespace in for it"
+        );
+        flag(
+            &mut flags,
+            "--network",
+            format!("ns:{}", host_netns.display()),
+        );
+        if pod["hostPID"] == true {
+            flag(&mut flags, "--pid", "host".into());
+        }
+        let seccomp = pod["securityContext"]["seccompProfile"]["type"]
+            .as_str()
+            .or(c["securityContext"]["seccompProfile"]["type"].as_str());
+        match seccomp {
+            None | Some("RuntimeDefault") => {}
+            Some("Unconfined") => flag(&mut flags, "--security-opt", "seccomp=unconfined".into()),
+            Some(other) => bail!("seccompProfile {other} not supported here"),
+        }
+
+        // Container security context.
+        let sc = &c["securityContext"];
+        if sc["privileged"] == true {
+            flags.push("--privileged".into());
+        }
+        if sc["allowPrivilegeEscalation"] == false {
+            flags.push("--security-opt".into());
+            flags.push("no-new-privileges".into());
+        }
+        if sc["readOnlyRootFilesystem"] == true {
+            // Kubernetes mounts nothing writable that the manifest does not list.
+            flags.push("--read-only".into());
+            flags.push("--read-only-tmpfs=false".into());
+        }
+        if let Some(uid) = sc["runAsUser"].as_u64() {
+            let gid = sc["runAsGroup"].as_u64().unwrap_or(0);
+            flags.push("--user".into());
+            flags.push(format!("{uid}:{gid}"));
+        }
+        for cap in strings(&sc["capabilities"]["drop"]) {
+            flags.push("--cap-drop".into());
+            flags.push(cap);
+        }
+        for cap in strings(&sc["capabilities"]["add"]) {
+            flags.push("--cap-add".into());
+            flags.push(cap);
+        }
+
+        // Environment.
+        for e in c["env"].as_array().into_iter().flatten() {
+            let name = e["name"].as_str().context("env entry without name")?;
+            let value = if let Some(v) = e["value"].as_str() {
+                v.to_owned()
+            } else {
+                match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                    Some("spec.nodeName") => node_name.to_owned(),
+                    _ => bail!("env {name}: only value and fieldRef spec.nodeName are supported"),
+                }
+            };
+            flags.push("--env".into());
+            flags.push(format!("{name}={value}"));
+        }
+
+        // Mounts.
+        let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let name = m["name"].as_str().context("volumeMount without name")?;
+            let dest = m["mountPath"]
+                .as_str()
+                .context("volumeMount without mountPath")?;
+            let v = volumes
+                .iter()
+                .find(|v| v["name"] == name)
+                .with_context(|| format!("volumeMount {name}: no such volume"))?;
+            if let Some(host) = v["hostPath"]["path"].as_str() {
+                match v["hostPath"]["type"].as_str() {
+                    Some("DirectoryOrCreate") => std::fs::create_dir_all(host)
+                        .with_context(|| format!("creating hostPath {host}"))?,
+                    Some("Directory") => ensure!(
+                        Path::new(host).is_dir(),
+                        "hostPath {host} (type Directory) is not a directory here"
+                    ),
+                    _ => {}
+                }
+                let mut opts = vec![if m["readOnly"] == true { "ro" } else { "rw" }];
+                match m["mountPropagation"].as_str() {
+                    None | Some("None") => {}
+                    Some("HostToContainer") => opts.push("rslave"),
+                    Some("Bidirectional") => opts.push("rshared"),
+                    Some(other) => bail!("volumeMount {name}: mountPropagation {other}?"),
+                }
+                flag(
+                    &mut flags,
+                    "--volume",
+                    format!("{host}:{dest}:{}", opts.join(",")),
+                );
+            } else if v.get("emptyDir").is_some() {
+                // Memory-backed or not, a tmpfs is the closest local equivalent.
+                let mut spec = format!("type=tmpfs,destination={dest}");
+                if let Some(limit) = v["emptyDir"]["sizeLimit"].as_str() {
+                    spec.push_str(&format!(",tmpfs-size={}", quantity_bytes(limit)?));
+                }
+                if m["readOnly"] == true {
+                    spec.push_str(",ro=true");
+                }
+                flag(&mut flags, "--mount", spec);
+            } else {
+                bail!("volume {name}: only hostPath and emptyDir are supported");
+            }
+        }
+
+        // Limits (requests only affect scheduling and CPU weight).
+        let limits = &c["resources"]["limits"];
+        if let Some(mem) = limits["memory"].as_str() {
+            flag(&mut flags, "--memory", quantity_bytes(mem)?.to_string());
+        }
+        if let Some(cpu) = limits["cpu"].as_str() {
+            flag(&mut flags, "--cpus", cpu_cores(cpu)?);
+        }
+
+        if c.get("command").is_some() {
+            let cmd = serde_json::to_string(&c["command"]).context("command")?;
+            flag(&mut flags, "--entrypoint", cmd);
+        }
+        let args = strings(&c["args"]);
+        let readiness = match &c["readinessProbe"]["httpGet"] {
+            Value::Null => None,
+            get => Some(HttpProbe {
+                path: get["path"].as_str().unwrap_or("/").to_owned(),
+                port: port_of(c, &get["port"])?,
+            }),
+        };
+        let grace =
+            Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30));
+        Ok(Self {
+            flags,
+            args,
+            readiness,
+            grace,
+        })
+    }
+}
+
+/// The strings of a YAML sequence (nothing for anything else).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| match s {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A probe port: a number, or the name of one of the container's ports.
+fn port_of(container: &Value, port: &Value) -> Result<u16> {
+    if let Some(n) = port.as_u64() {
+        return u16::try_from(n).context("probe port out of range");
+    }
+    let name = port
+        .as_str()
+        .context("probe port is neither number nor name")?;
+    let p = container["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .with_context(|| format!("probe port {name:?}: no such container port"))?;
+    u16::try_from(p["containerPort"].as_u64().context("containerPort")?)
+        .context("containerPort out of range")
+}
+
+/// A Kubernetes memory quantity (`256Mi`, `1G`, `1048576`) in bytes.
+pub fn quantity_bytes(q: &str) -> Result<u64> {
+    const UNITS: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (num, mult) = UNITS
+        .iter()
+        .find_map(|(suffix, mult)| q.strip_suffix(suffix).map(|n| (n, *mult)))
+        .unwrap_or((q, 1));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("quantity {q:?}: expected an integer with an optional unit"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("quantity {q:?} too large"))
+}
+
+/// A Kubernetes CPU quantity (`500m`, `2`) as podman's `--cpus` value.
+pub fn cpu_cores(q: &str) -> Result<String> {
+    let millis: u64 = match q.strip_suffix('m') {
+        Some(m) => m.parse(),
+        None => q.parse::<u64>().map(|c| c * 1000),
+    }
+    .with_context(|| format!("cpu quantity {q:?}"))?;
+    Ok(format!("{}.{:03}", millis / 1000, millis % 1000))
+}
+
+/// A container started with `podman run` (attached), its stdout collected line by line.
+pub struct Container {
+    name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Container {
+    /// `podman run --rm --name <name> --pull never <ULIMITS> <spec.flags> <image> <spec.args>`.
+    pub fn start(image: &str, spec: &ContainerSpec, name: &str) -> Result<Self> {
+        // A container left over from an interrupted run would hold the name.
+        let _ = Command::new("podman")
+            .args(PODMAN_GLOBAL)
+            .args(["rm", "--force", "--time", "0", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let mut child = Command::new("podman")
+            .args(PODMAN_GLOBAL)
+            .args(["run", "--rm", "--name", name, "--pull", "never"])
+            .args(ULIMITS)
+            .args(&spec.flags)
+            .arg(image)
+            .args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning podman run")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(out) = child.stdout.take() {
+            let lines = Arc::clone(&lines);
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().map(|mut l| l.push(line)).ok();
+                }
+            });
+        }
+        if let Some(mut err) = child.stderr.take() {
+            let stderr = Arc::clone(&stderr);
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let (Ok(mut s), Some(chunk)) = (stderr.lock(), buf.get(..n)) {
+                        s.push_str(&String::from_utf8_lossy(chunk));
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            lines,
+            stderr,
+        })
+    }
+
+    /// The container's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// stdout lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// stderr so far (the tracer's logs and podman's messages).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The exit status, if `podman run` has returned.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.child.try_wait().context("waiting for podman run")
+    }
+
+    /// Waits until a stdout line matches `pred`, up to `timeout`; `None` on timeout or when
+    /// the container has exited without such a line.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| pred(l)) {
+                return Some(l);
+            }
+            if Instant::now() > deadline || !matches!(self.try_wait(), Ok(None)) {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM to the container's main process (as the kubelet does) and waits up to
+    /// `grace` for `podman run` to return; returns its status, which is the container's.
+    /// After `grace`, kills the container and fails.
+    pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        let out = Command::new("podman")
+            .args(PODMAN_GLOBAL)
+            .args(["kill", "--signal", "TERM", &self.name])
+            .output()
+            .context("running podman kill")?;
+        ensure!(
+            out.status.success(),
+            "podman kill --signal TERM {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                // Let the reader threads take the last lines.
+                thread::sleep(Duration::from_millis(200));
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.remove();
+                bail!(
+                    "container {} still running {} s after SIGTERM:\n{}",
+                    self.name,
+                    grace.as_secs(),
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Removes the container by force and reaps `podman run`.
+    fn remove(&mut self) {
+        let _ = Command::new("podman")
+            .args(PODMAN_GLOBAL)
+            .args(["rm", "--force", "--time", "0", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.remove();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity_bytes("256Mi").expect("Mi"), 256 << 20);
+        assert_eq!(quantity_bytes("1G").expect("G"), 1_000_000_000);
+        assert_eq!(quantity_bytes("4096").expect("plain"), 4096);
+        assert!(quantity_bytes("1.5Gi").is_err());
+        assert_eq!(cpu_cores("500m").expect("m"), "0.500");
+        assert_eq!(cpu_cores("2").expect("cores"), "2.000");
+        assert!(cpu_cores("x").is_err());
+    }
+
+    /// The repository's DaemonSet translates, and the security-relevant parts come through.
+    #[test]
+    fn repository_daemonset() {
+        let yaml =
+            std::fs::read_to_string(crate::tracer::workspace_root().join("deploy/daemonset.yaml"))
+                .expect("deploy/daemonset.yaml");
+        let spec = ContainerSpec::from_daemonset(
+            &yaml,
+            "tracer",
+            Path::new("/run/netns/trl-node-a"),
+            "node-a",
+        )
+        .expect("translates");
+        let f = spec.flags.join(" ");
+        for want in [
+            "--network ns:/run/netns/trl-node-a",
+            "--read-only --read-only-tmpfs=false",
+            "--security-opt no-new-privileges",
+            "--user 0:0",
+            "--cap-drop ALL",
+            "--cap-add BPF",
+            "--cap-add PERFMON",
+            "--cap-add NET_ADMIN",
+            "--cap-add SYSLOG",
+            "--env NODE_NAME=node-a",
+            "--volume /var/run/netns:/run/netns:ro,rslave",
+            "--volume /sys/kernel/btf:/sys/kernel/btf:ro",
+            "--mount type=tmpfs,destination=/run/tracer,tmpfs-size=1048576",
+        ] {
+            assert!(f.contains(want), "{want:?} missing from {f}");
+        }
+        assert_eq!(spec.args.first().map(String::as_str), Some("run"));
+        assert_eq!(
+            spec.readiness,
+            Some(HttpProbe {
+                path: "/readyz".into(),
+                port: 9090
+            })
+        );
+        assert_eq!(spec.grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_translate() {
+        let ds = |extra: &str| {
+            format!(
+                "kind: DaemonSet\nspec:\n  template:\n    spec:\n      hostNetwork: true\n      \
+                 containers:\n        - name: c\n          volumeMounts:\n            - name: v\n              \
+                 mountPath: /x\n      volumes:\n        - name: v\n{extra}"
+            )
+        };
+        let ns = Path::new("/run/netns/x");
+        let ok = ds("          emptyDir: {}\n");
+        assert!(ContainerSpec::from_daemonset(&ok, "c", ns, "n").is_ok());
+        let cm = ds("          configMap:\n            name: x\n");
+        assert!(ContainerSpec::from_daemonset(&cm, "c", ns, "n").is_err());
+        assert!(ContainerSpec::from_daemonset(&ok, "other", ns, "n").is_err());
+        let no_host_net = ok.replace("hostNetwork: true", "hostNetwork: false");
+        assert!(ContainerSpec::from_daemonset(&no_host_net, "c", ns, "n").is_err());
+    }
+}
