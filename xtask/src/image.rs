@@ -309,6 +309,15 @@ fn cargo_build(root: &Path, arch: Arch) -> Result<PathBuf> {
         target,
     ])
     .current_dir(root);
+    // Variables cargo sets for the crate that runs us (xtask under `cargo run`, a test under
+    // `cargo test`) would leak into the build and differ between the two callers; build
+    // scripts that watch them (ring watches CARGO_MANIFEST_DIR) would then rerun each time
+    // the other caller builds, and everything above them be recompiled.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(inherited_crate_var) {
+            cmd.env_remove(key);
+        }
+    }
     for (key, value) in arch.toolchain_env() {
         if std::env::var_os(&key).is_none() {
             cmd.env(key, value);
@@ -329,6 +338,22 @@ fn cargo_build(root: &Path, arch: Arch) -> Result<PathBuf> {
         start.elapsed().as_secs_f64()
     );
     Ok(root.join("target").join(target).join("release/tracer"))
+}
+
+/// True for the variables cargo sets for a crate it compiles or runs (not for cargo itself).
+fn inherited_crate_var(key: &str) -> bool {
+    const EXACT: [&str; 9] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    EXACT.contains(&key) || key.starts_with("CARGO_PKG_") || key.starts_with("CARGO_BIN_EXE_")
 }
 
 /// Fails unless `bin` is a 64-bit little-endian ELF executable for `arch` without a program
@@ -638,6 +663,18 @@ mod tests {
         assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339_utc(1_795_999_800), "2026-11-30T00:50:00Z");
         assert_eq!(rfc3339_utc(4_107_542_399), "2100-02-28T23:59:59Z");
+    }
+
+    #[test]
+    fn crate_variables_are_not_passed_on() {
+        assert!(inherited_crate_var("CARGO_MANIFEST_DIR"));
+        assert!(inherited_crate_var("CARGO_PKG_VERSION"));
+        assert!(inherited_crate_var("CARGO_BIN_EXE_tracer"));
+        assert!(!inherited_crate_var("CARGO_HOME"));
+        assert!(!inherited_crate_var("CARGO_TARGET_DIR"));
+        assert!(!inherited_crate_var(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER"
+        ));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!
 //! podman runs with `--runtime runc` (crun, podman's default, fails on hosts with a hybrid
 //! cgroup layout) and explicit `--ulimit`s (raising rlimits is not permitted everywhere).
+//! `seccompProfile: RuntimeDefault` becomes podman's default profile with the `bpf` and
+//! `perf_event_open` grants containerd's default profile has (see [`runtime_default_seccomp`]).
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -34,6 +36,58 @@ pub const ULIMITS: [&str; 4] = [
     "--ulimit",
     "nproc=1024:1024",
 ];
+
+/// podman's default seccomp profile (containers-common).
+pub const PODMAN_SECCOMP: &str = "/usr/share/containers/seccomp.json";
+
+/// Writes `src` (podman's default seccomp profile) to `dest` with `bpf` allowed to a container
+/// holding CAP_BPF and `perf_event_open` to one holding CAP_PERFMON, as containerd's default
+/// profile does: that is what `seccompProfile: RuntimeDefault` means on EKS nodes. Older
+/// containers-common profiles (Debian 12's 0.50) allow both to CAP_SYS_ADMIN only, which the
+/// DaemonSet does not have. Returns false (nothing written) when `src` does not exist.
+pub fn runtime_default_seccomp(src: &Path, dest: &Path) -> Result<bool> {
+    let text = match std::fs::read_to_string(src) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", src.display())),
+    };
+    let mut profile: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", src.display()))?;
+    allow_bpf_capabilities(&mut profile)?;
+    let out = serde_json::to_string(&profile).context("serializing the seccomp profile")?;
+    std::fs::write(dest, out).with_context(|| format!("writing {}", dest.display()))?;
+    Ok(true)
+}
+
+/// The edit [`runtime_default_seccomp`] makes: drops `bpf` and `perf_event_open` from
+/// unconditional errno rules (the default action still refuses them to everyone else) and adds
+/// one allow rule for each, conditional on its capability.
+fn allow_bpf_capabilities(profile: &mut Value) -> Result<()> {
+    const GRANTS: [(&str, &str); 2] = [("bpf", "CAP_BPF"), ("perf_event_open", "CAP_PERFMON")];
+    let rules = profile["syscalls"]
+        .as_array_mut()
+        .context("seccomp profile without syscalls")?;
+    for rule in rules.iter_mut() {
+        let unconditional = rule["args"].as_array().is_none_or(Vec::is_empty);
+        if rule["action"] == "SCMP_ACT_ERRNO"
+            && unconditional
+            && let Some(names) = rule["names"].as_array_mut()
+        {
+            names.retain(|n| !GRANTS.iter().any(|(syscall, _)| n == syscall));
+        }
+    }
+    rules.retain(|r| r["names"].as_array().is_none_or(|n| !n.is_empty()));
+    for (syscall, cap) in GRANTS {
+        rules.push(serde_json::json!({
+            "names": [syscall],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [],
+            "includes": { "caps": [cap] },
+            "excludes": {},
+        }));
+    }
+    Ok(())
+}
 
 /// An HTTP readiness probe (`httpGet`), port resolved to a number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +154,17 @@ impl ContainerSpec {
             .as_str()
             .or(c["securityContext"]["seccompProfile"]["type"].as_str());
         match seccomp {
-            None | Some("RuntimeDefault") => {}
+            None => {}
+            Some("RuntimeDefault") => {
+                let profile = std::env::temp_dir().join("tracer-seccomp-runtime-default.json");
+                if runtime_default_seccomp(Path::new(PODMAN_SECCOMP), &profile)? {
+                    flag(
+                        &mut flags,
+                        "--security-opt",
+                        format!("seccomp={}", profile.display()),
+                    );
+                }
+            }
             Some("Unconfined") => flag(&mut flags, "--security-opt", "seccomp=unconfined".into()),
             Some(other) => bail!("seccompProfile {other} not supported here"),
         }
@@ -450,6 +514,37 @@ impl Drop for Container {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seccomp_grants_bpf_to_its_capability() {
+        // The shape of Debian 12's containers-common 0.50 profile.
+        let mut p = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [
+                { "names": ["read", "write"], "action": "SCMP_ACT_ALLOW" },
+                { "names": ["bpf", "perf_event_open", "quotactl"], "action": "SCMP_ACT_ALLOW",
+                  "includes": { "caps": ["CAP_SYS_ADMIN"] } },
+                { "names": ["bpf", "perf_event_open", "quotactl"], "action": "SCMP_ACT_ERRNO",
+                  "errnoRet": 1, "excludes": { "caps": ["CAP_SYS_ADMIN"] } },
+                { "names": ["bpf"], "action": "SCMP_ACT_ERRNO" }
+            ]
+        });
+        allow_bpf_capabilities(&mut p).expect("patches");
+        let rules = p["syscalls"].as_array().expect("rules");
+        assert_eq!(rules.len(), 5, "{p:#}");
+        assert_eq!(rules[2]["names"], serde_json::json!(["quotactl"]));
+        let allowed = |syscall: &str, cap: &str| {
+            rules.iter().any(|r| {
+                r["action"] == "SCMP_ACT_ALLOW"
+                    && r["names"] == serde_json::json!([syscall])
+                    && r["includes"]["caps"] == serde_json::json!([cap])
+            })
+        };
+        assert!(allowed("bpf", "CAP_BPF"));
+        assert!(allowed("perf_event_open", "CAP_PERFMON"));
+        // The CAP_SYS_ADMIN grant stays.
+        assert_eq!(rules[1]["names"][0], "bpf");
+    }
 
     #[test]
     fn quantities() {
