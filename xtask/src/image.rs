@@ -337,7 +337,16 @@ fn cargo_build(root: &Path, arch: Arch) -> Result<PathBuf> {
         "[image] cargo build finished in {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    Ok(root.join("target").join(target).join("release/tracer"))
+    Ok(target_dir(root).join(target).join("release/tracer"))
+}
+
+/// cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace root), else
+/// `target/`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
 }
 
 /// True for the variables cargo sets for a crate it compiles or runs (not for cargo itself).
@@ -436,8 +445,9 @@ impl Elf64 {
 }
 
 /// Copies `bin` stripped to `target/image/<arch>/tracer` (mode 0755), the build context.
+/// Only that file is in the directory, so the context sent to buildah is the binary alone.
 fn stage(root: &Path, bin: &Path, arch: Arch) -> Result<PathBuf> {
-    let dir = root.join("target/image").join(arch.oci());
+    let dir = target_dir(root).join("image").join(arch.oci());
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let staged = dir.join("tracer");
     let status = Command::new(arch.strip())
