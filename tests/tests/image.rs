@@ -90,7 +90,10 @@ fn image_runs_as_the_daemonset_and_answers() {
             "annotation {key}: {inspected:#}"
         );
     }
-    assert_eq!(inspected["Config"]["Entrypoint"][0], "/tracer");
+    assert_eq!(
+        inspected["Config"]["Entrypoint"][0],
+        "/usr/local/bin/tracer"
+    );
 
     let root = xtask::tracer::workspace_root();
     let yaml = std::fs::read_to_string(root.join("deploy/daemonset.yaml")).expect("daemonset");
@@ -118,6 +121,31 @@ fn image_runs_as_the_daemonset_and_answers() {
     assert!(answer.contains("198.19.0.1"), "dig: {answer}");
     // A per-flow verdict comes at once; a summary within its flush interval (or on SIGTERM).
     let _ = container.wait_for(Duration::from_secs(12), answered);
+    // `kubectl exec … -- tracer observe` (README): the binary is on PATH and the observe
+    // socket in the DaemonSet's emptyDir answers (what it lists depends on how healthy
+    // answers are reported, so only the exit status is required).
+    let observe = container
+        .exec(&[
+            "tracer",
+            "observe",
+            "--last",
+            "100",
+            "--no-follow",
+            "-o",
+            "json",
+        ])
+        .expect("podman exec");
+    let observed = String::from_utf8_lossy(&observe.stdout);
+    assert!(
+        observe.status.success(),
+        "tracer observe in the container ({}): {observed}\n{}",
+        observe.status,
+        String::from_utf8_lossy(&observe.stderr)
+    );
+    eprintln!(
+        "tracer observe in the container: {} lines",
+        observed.lines().count()
+    );
 
     let status = container.terminate(spec.grace).expect("container stops");
     let lines = container.lines();

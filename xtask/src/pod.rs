@@ -14,7 +14,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _},
     path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -488,6 +488,17 @@ impl Container {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `podman exec <name> <argv>` (as `kubectl exec` would run it), with its output.
+    pub fn exec(&self, argv: &[&str]) -> Result<Output> {
+        Command::new("podman")
+            .args(PODMAN_GLOBAL)
+            .args(["exec", &self.name])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running podman exec {} {}", self.name, argv.join(" ")))
     }
 
     /// Removes the container by force and reaps `podman run`.
