@@ -211,6 +211,7 @@ pub fn build(opts: &Options) -> Result<Image> {
     let up_to_date = old
         .as_ref()
         .is_some_and(|v| label(v, INPUTS_LABEL) == Some(inputs.as_str()));
+    let image_id = |v: &Value| v.get("Id").and_then(Value::as_str).map(str::to_owned);
     let rebuilt = opts.force || !up_to_date;
     if rebuilt {
         let start = Instant::now();
@@ -221,11 +222,11 @@ pub fn build(opts: &Options) -> Result<Image> {
         );
         // The previous image under this tag is now untagged: remove it unless something
         // (another tag, a container) still uses it.
-        if let Some(old_id) = old.as_ref().and_then(|v| v["Id"].as_str()) {
+        if let Some(old_id) = old.as_ref().and_then(image_id) {
             let new = inspect(&tag)?;
-            if new.as_ref().and_then(|v| v["Id"].as_str()) != Some(old_id) {
+            if new.as_ref().and_then(image_id).as_ref() != Some(&old_id) {
                 let _ = Command::new("buildah")
-                    .args(["rmi", old_id])
+                    .args(["rmi", &old_id])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status();
@@ -236,14 +237,15 @@ pub fn build(opts: &Options) -> Result<Image> {
     }
 
     let info = inspect(&tag)?.with_context(|| format!("{tag} not found after building it"))?;
-    let id = info["Id"].as_str().unwrap_or_default().to_owned();
-    let size = info["Size"]
-        .as_u64()
+    let id = image_id(&info).unwrap_or_default();
+    let size = info
+        .get("Size")
+        .and_then(Value::as_u64)
         .with_context(|| format!("podman image inspect {tag}: no Size"))?;
+    let image_arch = info.get("Architecture").and_then(Value::as_str);
     ensure!(
-        info["Architecture"] == arch.oci(),
-        "{tag} has architecture {}, expected {}",
-        info["Architecture"],
+        image_arch == Some(arch.oci()),
+        "{tag} has architecture {image_arch:?}, expected {}",
         arch.oci()
     );
     ensure!(
@@ -404,8 +406,11 @@ impl Elf64 {
     /// Parses the ELF header and program headers (which must lie in `head`).
     fn parse(head: &[u8]) -> Result<Self> {
         let u16_at = |off: usize| -> Result<u16> {
-            let b = head.get(off..off + 2).context("truncated ELF header")?;
-            Ok(u16::from_le_bytes([b[0], b[1]]))
+            let b: [u8; 2] = head
+                .get(off..off + 2)
+                .context("truncated ELF header")?
+                .try_into()?;
+            Ok(u16::from_le_bytes(b))
         };
         let u32_at = |off: usize| -> Result<u32> {
             let b: [u8; 4] = head
@@ -634,7 +639,7 @@ pub fn inspect(tag: &str) -> Result<Option<Value>> {
 
 /// A label of an inspected image.
 pub fn label<'a>(image: &'a Value, key: &str) -> Option<&'a str> {
-    image["Labels"][key].as_str()
+    image.get("Labels")?.get(key)?.as_str()
 }
 
 /// `buildah push <tag> oci-archive:<path>:<tag>`; returns the archive's size.

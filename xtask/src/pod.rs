@@ -11,6 +11,11 @@
 //! `seccompProfile: RuntimeDefault` becomes podman's default profile with the `bpf` and
 //! `perf_event_open` grants containerd's default profile has (see [`runtime_default_seccomp`]).
 
+#![allow(
+    clippy::indexing_slicing,
+    reason = "serde_json::Value indexed by key yields Null when absent; it never panics"
+)]
+
 use std::{
     io::{BufRead as _, BufReader, Read as _},
     path::Path,
