@@ -493,6 +493,7 @@ fn metadata(root: &Path, source: Option<&str>) -> Result<Metadata> {
         Some(s) => s.to_owned(),
         None => git(root, &["remote", "get-url", "origin"])
             .filter(|s| !s.is_empty())
+            .map(|remote| source_url(&remote))
             .unwrap_or_else(|| format!("file://{}", root.display())),
     };
     let now = SystemTime::now()
@@ -505,6 +506,24 @@ fn metadata(root: &Path, source: Option<&str>) -> Result<Metadata> {
         source,
         created: rfc3339_utc(now),
     })
+}
+
+/// A git remote as a URL: `git@host:org/repo.git` becomes `https://host/org/repo.git`, a local
+/// path a `file://` URL; URLs stay as they are.
+fn source_url(remote: &str) -> String {
+    if remote.contains("://") {
+        return remote.to_owned();
+    }
+    if remote.starts_with('/') {
+        return format!("file://{remote}");
+    }
+    match remote.split_once(':') {
+        Some((user_host, path)) if !path.starts_with('/') => {
+            let host = user_host.rsplit('@').next().unwrap_or(user_host);
+            format!("https://{host}/{path}")
+        }
+        _ => remote.to_owned(),
+    }
 }
 
 /// `git <args>` in `root`, trimmed stdout; `None` if git is missing or fails.
@@ -690,6 +709,19 @@ mod tests {
         assert!(!inherited_crate_var(
             "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER"
         ));
+    }
+
+    #[test]
+    fn remotes_as_urls() {
+        assert_eq!(
+            source_url("git@github.com:org/tracer.git"),
+            "https://github.com/org/tracer.git"
+        );
+        assert_eq!(
+            source_url("https://github.com/org/tracer"),
+            "https://github.com/org/tracer"
+        );
+        assert_eq!(source_url("/work/tracer"), "file:///work/tracer");
     }
 
     #[test]
