@@ -18,7 +18,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -114,6 +114,14 @@ pub struct ContainerSpec {
     pub readiness: Option<HttpProbe>,
     /// `terminationGracePeriodSeconds` (Kubernetes' default, 30 s, when absent).
     pub grace: Duration,
+    /// `hostPath` directories of type `DirectoryOrCreate`: [`ContainerSpec::prepare`] creates
+    /// them.
+    pub create_dirs: Vec<PathBuf>,
+    /// `hostPath` directories of type `Directory`: [`ContainerSpec::prepare`] checks them.
+    pub require_dirs: Vec<PathBuf>,
+    /// Where [`ContainerSpec::prepare`] writes the `RuntimeDefault` seccomp profile that
+    /// `flags` names (see [`runtime_default_seccomp`]).
+    pub seccomp_profile: Option<PathBuf>,
 }
 
 impl ContainerSpec {
@@ -158,18 +166,23 @@ impl ContainerSpec {
         let seccomp = pod["securityContext"]["seccompProfile"]["type"]
             .as_str()
             .or(c["securityContext"]["seccompProfile"]["type"].as_str());
+        let mut seccomp_profile = None;
         match seccomp {
             None => {}
-            Some("RuntimeDefault") => {
-                let profile = std::env::temp_dir().join("tracer-seccomp-runtime-default.json");
-                if runtime_default_seccomp(Path::new(PODMAN_SECCOMP), &profile)? {
-                    flag(
-                        &mut flags,
-                        "--security-opt",
-                        format!("seccomp={}", profile.display()),
-                    );
-                }
+            // Without podman's profile file, podman's built-in copy of it applies.
+            Some("RuntimeDefault") if Path::new(PODMAN_SECCOMP).exists() => {
+                // SAFETY: geteuid has no preconditions.
+                let uid = unsafe { libc::geteuid() };
+                let profile =
+                    std::env::temp_dir().join(format!("tracer-seccomp-runtime-default-{uid}.json"));
+                flag(
+                    &mut flags,
+                    "--security-opt",
+                    format!("seccomp={}", profile.display()),
+                );
+                seccomp_profile = Some(profile);
             }
+            Some("RuntimeDefault") => {}
             Some("Unconfined") => flag(&mut flags, "--security-opt", "seccomp=unconfined".into()),
             Some(other) => bail!("seccompProfile {other} not supported here"),
         }
@@ -218,6 +231,7 @@ impl ContainerSpec {
         }
 
         // Mounts.
+        let (mut create_dirs, mut require_dirs) = (Vec::new(), Vec::new());
         let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
         for m in c["volumeMounts"].as_array().into_iter().flatten() {
             let name = m["name"].as_str().context("volumeMount without name")?;
@@ -230,12 +244,8 @@ impl ContainerSpec {
                 .with_context(|| format!("volumeMount {name}: no such volume"))?;
             if let Some(host) = v["hostPath"]["path"].as_str() {
                 match v["hostPath"]["type"].as_str() {
-                    Some("DirectoryOrCreate") => std::fs::create_dir_all(host)
-                        .with_context(|| format!("creating hostPath {host}"))?,
-                    Some("Directory") => ensure!(
-                        Path::new(host).is_dir(),
-                        "hostPath {host} (type Directory) is not a directory here"
-                    ),
+                    Some("DirectoryOrCreate") => create_dirs.push(PathBuf::from(host)),
+                    Some("Directory") => require_dirs.push(PathBuf::from(host)),
                     _ => {}
                 }
                 let mut opts = vec![if m["readOnly"] == true { "ro" } else { "rw" }];
@@ -293,7 +303,30 @@ impl ContainerSpec {
             args,
             readiness,
             grace,
+            create_dirs,
+            require_dirs,
+            seccomp_profile,
         })
+    }
+
+    /// What must exist on the host before `podman run`: creates the `DirectoryOrCreate`
+    /// directories, checks the `Directory` ones, writes the seccomp profile.
+    pub fn prepare(&self) -> Result<()> {
+        for dir in &self.create_dirs {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating hostPath {}", dir.display()))?;
+        }
+        for dir in &self.require_dirs {
+            ensure!(
+                dir.is_dir(),
+                "hostPath {} (type Directory) is not a directory here",
+                dir.display()
+            );
+        }
+        if let Some(profile) = &self.seccomp_profile {
+            runtime_default_seccomp(Path::new(PODMAN_SECCOMP), profile)?;
+        }
+        Ok(())
     }
 }
 
@@ -369,7 +402,9 @@ pub struct Container {
 
 impl Container {
     /// `podman run --rm --name <name> --pull never <ULIMITS> <spec.flags> <image> <spec.args>`.
+    /// Runs [`ContainerSpec::prepare`] first.
     pub fn start(image: &str, spec: &ContainerSpec, name: &str) -> Result<Self> {
+        spec.prepare()?;
         // A container left over from an interrupted run would hold the name.
         let _ = Command::new("podman")
             .args(PODMAN_GLOBAL)
@@ -613,6 +648,11 @@ mod tests {
             })
         );
         assert_eq!(spec.grace, Duration::from_secs(30));
+        assert_eq!(spec.create_dirs, [PathBuf::from("/var/run/netns")]);
+        assert_eq!(spec.require_dirs, [PathBuf::from("/sys/kernel/btf")]);
+        if let Some(profile) = &spec.seccomp_profile {
+            assert!(f.contains(&format!("--security-opt seccomp={}", profile.display())));
+        }
     }
 
     #[test]
