@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One idempotent set-up path for developers, README and CI.
 # Installs what a fresh Debian 12 machine lacks: Debian packages (lab tools, DNS servers, LLVM 22
-# for bpf-linker), the pinned Rust toolchain with rust-src, and bpf-linker. On a ready machine it
+# for bpf-linker, podman/buildah/runc and musl/aarch64 C toolchains for the image), the pinned
+# Rust toolchain with rust-src and the musl targets, and bpf-linker. On a ready machine it
 # only checks and returns in seconds. Never lets rustup update itself.
 set -euo pipefail
 
@@ -23,6 +24,10 @@ apt_packages=(
   bpftool
   llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev
   build-essential pkg-config ca-certificates curl openssl xz-utils
+  # The image (`cargo xtask image`, tests/tests/image.rs): buildah builds it, podman runs it with
+  # runc (passed as `--runtime runc`: crun fails on hybrid cgroup hosts); musl-tools, the aarch64
+  # cross compiler and its headers build the C parts of dependencies (ring) for static binaries.
+  podman buildah runc musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -48,6 +53,16 @@ for c in rust-src clippy rustfmt; do
   if ! grep -q "^$c" <<<"$installed_components"; then
     log "adding component $c"
     rustup component add --toolchain "$toolchain" "$c"
+  fi
+done
+
+# Static (musl) targets for the image: amd64 and arm64 (Graviton).
+musl_targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
+installed_targets=$(rustup target list --toolchain "$toolchain" --installed)
+for t in "${musl_targets[@]}"; do
+  if ! grep -qx "$t" <<<"$installed_targets"; then
+    log "adding target $t"
+    rustup target add --toolchain "$toolchain" "$t"
   fi
 done
 

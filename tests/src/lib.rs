@@ -50,13 +50,21 @@ pub fn lab_with_tracer(
     failures: &[lab::Failure],
     args: &[&str],
 ) -> (lab::LabGuard, TracerProcess) {
+    let guard = lab_up(pin, failures);
+    let tracer = TracerProcess::start(lab::NS_NODE_A, args).expect("tracer starts");
+    (guard, tracer)
+}
+
+/// Brings the lab up (taking its lock), points kube-dns at `pin` and switches `failures` on,
+/// without starting a tracer: for tests that start it another way (the image test runs it
+/// with podman). Start the tracer after this and stop it before the guard drops.
+pub fn lab_up(pin: lab::Pin, failures: &[lab::Failure]) -> lab::LabGuard {
     let guard = lab::LabGuard::up().expect("lab up");
     lab::pin(pin).expect("pin kube-dns");
     for f in failures {
         lab::set_failure(*f, true).expect("failure on");
     }
-    let tracer = TracerProcess::start(lab::NS_NODE_A, args).expect("tracer starts");
-    (guard, tracer)
+    guard
 }
 
 /// Runs `dig` inside a pod namespace and returns its stdout.

@@ -1,4 +1,4 @@
-//! `cargo xtask`: lab, test, demo and bench orchestration for tracer.
+//! `cargo xtask`: lab, test, demo, bench and image orchestration for tracer.
 
 use std::process::Command as Process;
 
@@ -48,6 +48,27 @@ enum Command {
     Lint,
     /// Build the tracer and walk through the failure catalogue in the lab, printing verdicts.
     Demo,
+    /// Build the OCI image with buildah: `FROM scratch` around a static (musl) tracer, tagged
+    /// localhost/tracer:dev (localhost/tracer:dev-arm64 for arm64). Root. Skips buildah when the
+    /// image under the tag already has the same binary and metadata.
+    Image {
+        /// Target architecture (arm64: EC2 Graviton; cross-compiled, not runnable on x86-64).
+        #[arg(long, value_enum, default_value_t = xtask::image::Arch::Amd64)]
+        arch: xtask::image::Arch,
+        /// Tag instead of localhost/tracer:dev / localhost/tracer:dev-arm64.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Also write the image to this OCI archive, for a registry push from elsewhere
+        /// (`skopeo copy oci-archive:PATH docker://REGISTRY/tracer:TAG`) or `podman load -i`.
+        #[arg(long, value_name = "PATH")]
+        oci_archive: Option<std::path::PathBuf>,
+        /// org.opencontainers.image.source (default: the git remote origin's URL).
+        #[arg(long, value_name = "URL", env = "TRACER_IMAGE_SOURCE")]
+        source: Option<String>,
+        /// Run buildah even when the image is up to date.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -211,5 +232,50 @@ fn main() -> Result<()> {
             xtask::demo::run()
         }
         Command::Lint => lint(),
+        Command::Image {
+            arch,
+            tag,
+            oci_archive,
+            source,
+            force,
+        } => {
+            let start = std::time::Instant::now();
+            let opts = xtask::image::Options {
+                tag,
+                oci_archive,
+                source,
+                force,
+                ..xtask::image::Options::new(arch)
+            };
+            let image = xtask::image::build(&opts)?;
+            print_image(&image, start.elapsed());
+            Ok(())
+        }
+    }
+}
+
+/// What `cargo xtask image` built, on stdout.
+fn print_image(image: &xtask::image::Image, took: std::time::Duration) {
+    use xtask::image::mib;
+    let state = if image.rebuilt { "built" } else { "up to date" };
+    println!("{} ({state}, {:.1} s)", image.tag, took.as_secs_f64());
+    println!("  {:<33} {}", "id", image.id);
+    println!(
+        "  {:<33} {:.1} MiB (binary {:.1} MiB: {})",
+        "size",
+        mib(image.size),
+        mib(image.binary_size),
+        image.binary.display()
+    );
+    for (key, value) in image.meta.pairs() {
+        println!("  {key:<33} {value}");
+    }
+    if let Some((path, size)) = &image.oci_archive {
+        println!(
+            "  {:<33} {} ({:.1} MiB)",
+            "OCI archive",
+            path.display(),
+            mib(*size)
+        );
     }
 }

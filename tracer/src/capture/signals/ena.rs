@@ -9,7 +9,8 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
+// `libc::Ioctl`: the request is a c_ulong in glibc and a c_int in musl (the static image).
+const SIOCETHTOOL: libc::Ioctl = 0x8946;
 const ETHTOOL_GSSET_INFO: u32 = 0x37;
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
 const ETHTOOL_GSTATS: u32 = 0x1d;
