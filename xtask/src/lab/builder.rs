@@ -14,10 +14,10 @@ use super::topology::{
     COREDNS_A_IP, COREDNS_B_IP, INET_IFNAME, INET_LINK, INET_LINK_IP, INET_LINK_PREFIX,
     INET_SERVER_IP, INTERNET_CIDR, KUBE_DNS_IP, KUBE_SEP_DNS_TCP_A, KUBE_SEP_DNS_TCP_B,
     KUBE_SEP_DNS_UDP_A, KUBE_SEP_DNS_UDP_B, KUBE_SVC_DNS_TCP, KUBE_SVC_DNS_UDP, LAB_CIDR,
-    NETPOL_CHAIN, NODE_A_IP, NODE_A_SECONDARY_IP, NODE_B_IP, NS_INET, NS_NODE_A, NS_NODE_B, NS_VPC,
-    POD_GATEWAY_IP, POD_SPECS, ROUTER_A_IP, ROUTER_B_IP, ROUTER_INET_IP, SG_POD_IP, SNAT_CHAIN,
-    STATE_DIR, UPLINKS, VPC_CIDR, VPC_NACL_CHAIN, VPC_NODE_SG_CHAIN, VPC_POD_SG_CHAIN, lab_mac,
-    uplink,
+    NETPOL_CHAIN, NETPOL_REPLY_CHAIN, NODE_A_IP, NODE_A_SECONDARY_IP, NODE_B_IP, NS_INET,
+    NS_NODE_A, NS_NODE_B, NS_VPC, POD_GATEWAY_IP, POD_SPECS, RAW_CHAIN, ROUTER_A_IP, ROUTER_B_IP,
+    ROUTER_INET_IP, SG_POD_IP, SNAT_CHAIN, STATE_DIR, UPLINKS, VPC_CIDR, VPC_NACL_CHAIN,
+    VPC_NODE_SG_CHAIN, VPC_POD_SG_CHAIN, lab_mac, uplink,
 };
 use super::topology::{netns_etc_dir, pod_resolv_conf};
 
@@ -193,11 +193,12 @@ fn neigh(ns: &str, ip_addr: Ipv4Addr, mac: &str, dev: &str) -> Result<()> {
 }
 
 /// Which addresses the VPC delivers over each of its node-facing links (it knows every ENI's IPs).
-/// The client's IP is also known on a-eth1 so the rp-filter failure only has to move the route.
+/// The client's and coredns-a's IPs are also known on a-eth1 so the rp-filter failures
+/// (`rp-filter`, `rp-filter-request`) only have to move the route.
 pub(crate) fn vpc_delivery() -> [(&'static str, Vec<Ipv4Addr>); 4] {
     [
         ("a-eth0", vec![NODE_A_IP, CLIENT_IP, COREDNS_A_IP]),
-        ("a-eth1", vec![NODE_A_SECONDARY_IP, CLIENT_IP]),
+        ("a-eth1", vec![NODE_A_SECONDARY_IP, CLIENT_IP, COREDNS_A_IP]),
         ("a-trunk1", vec![SG_POD_IP]),
         ("b-eth0", vec![NODE_B_IP, COREDNS_B_IP]),
     ]
@@ -228,8 +229,8 @@ fn routes() -> Result<()> {
     // else in the lab range (unknown IPs, un-DNATed ClusterIPs) is dropped like the VPC would.
     for (vpc_if, ips) in vpc_delivery() {
         for a in ips {
-            if vpc_if == "a-eth1" && a == CLIENT_IP {
-                continue; // only with the rp-filter failure
+            if vpc_if == "a-eth1" && (a == CLIENT_IP || a == COREDNS_A_IP) {
+                continue; // only with the rp-filter failures
             }
             let dst = format!("{a}/32");
             ip(
@@ -365,10 +366,7 @@ pub(crate) fn node_a_iptables() -> String {
              -A {sep} -p {proto} -m comment --comment \"{c}\" -m {proto} -j DNAT --to-destination {ep}:53\n"
         ));
     }
-    // VPC CNI: SNAT to the primary IP for traffic leaving the VPC, except branch-ENI pods.
-    s.push_str(&format!(
-        "-A {SNAT_CHAIN} ! -d {VPC_CIDR} -m comment --comment \"AWS, SNAT\" ! -o vlan+ -m addrtype ! --dst-type LOCAL -j SNAT --to-source {NODE_A_IP} --random-fully\n"
-    ));
+    s.push_str(&format!("-A {SNAT_CHAIN} {}\n", snat_rule(true)));
     // The KUBE-SVC chains' rules come from the pin (default: both replicas).
     let pin = pin_rules(Pin::Both);
     for line in pin.lines() {
@@ -379,11 +377,27 @@ pub(crate) fn node_a_iptables() -> String {
     }
     s.push_str("COMMIT\n");
     s.push_str(&format!(
-        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:{NETPOL_CHAIN} - [0:0]\n\
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:{NETPOL_CHAIN} - [0:0]\n:{NETPOL_REPLY_CHAIN} - [0:0]\n\
          -A FORWARD -m comment --comment \"tracer lab: NetworkPolicy stand-in\" -j {NETPOL_CHAIN}\n\
+         -A FORWARD -m comment --comment \"tracer lab: firewall on the way back to pods\" -j {NETPOL_REPLY_CHAIN}\n\
+         COMMIT\n"
+    ));
+    s.push_str(&format!(
+        "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:{RAW_CHAIN} - [0:0]\n\
+         -A PREROUTING -m comment --comment \"tracer lab: NOTRACK rules\" -j {RAW_CHAIN}\n\
          COMMIT\n"
     ));
     s
+}
+
+/// VPC CNI's SNAT rule (what follows `-A AWS-SNAT-CHAIN-0`): to the primary IP for traffic
+/// leaving the VPC, except branch-ENI pods; `--random-fully` unless
+/// `AWS_VPC_K8S_CNI_RANDOMIZESNAT=none` (the lab's `snat-plain` switch).
+pub(crate) fn snat_rule(random_fully: bool) -> String {
+    format!(
+        "! -d {VPC_CIDR} -m comment --comment \"AWS, SNAT\" ! -o vlan+ -m addrtype ! --dst-type LOCAL -j SNAT --to-source {NODE_A_IP}{}",
+        if random_fully { " --random-fully" } else { "" }
+    )
 }
 
 /// The VPC's filter table: one chain per failure family, jumped to from FORWARD, empty when healthy.
@@ -437,7 +451,12 @@ mod tests {
         assert!(s.contains("-A AWS-SNAT-CHAIN-0 ! -d 198.18.0.0/16"));
         assert!(s.contains("-j SNAT --to-source 198.18.1.10"));
         assert!(s.contains("--probability 0.50000000000"));
-        assert_eq!(s.matches("COMMIT").count(), 2);
+        assert_eq!(s.matches("COMMIT").count(), 3);
+        assert!(s.contains("-j SNAT --to-source 198.18.1.10 --random-fully\n"));
+        assert!(s.contains(
+            "-A PREROUTING -m comment --comment \"tracer lab: NOTRACK rules\" -j TRACER-LAB-RAW"
+        ));
+        assert!(!snat_rule(false).contains("random"));
         assert!(
             POD_SPECS
                 .iter()

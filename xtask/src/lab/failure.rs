@@ -7,13 +7,14 @@ use serde::Serialize;
 
 use anyhow::{Context, Result, bail};
 
+use super::builder::snat_rule;
 use super::cmd::{ip, iptables_restore, netns_exec, sysctl};
 use super::daemon::{ProcState, Replica};
 use super::topology::{
     CLIENT_IP, COREDNS_A_IP, COREDNS_B_IP, INET_LINK_IP, INTERNET_CIDR, KUBE_SEP_DNS_TCP_A,
     KUBE_SEP_DNS_TCP_B, KUBE_SEP_DNS_UDP_A, KUBE_SEP_DNS_UDP_B, KUBE_SVC_DNS_TCP, KUBE_SVC_DNS_UDP,
-    NETPOL_CHAIN, NS_NODE_A, NS_VPC, VPC_NACL_CHAIN, VPC_NODE_SG_CHAIN, VPC_POD_SG_CHAIN,
-    client_veth,
+    NETPOL_CHAIN, NETPOL_REPLY_CHAIN, NS_NODE_A, NS_VPC, RAW_CHAIN, SNAT_CHAIN, VPC_NACL_CHAIN,
+    VPC_NODE_SG_CHAIN, VPC_POD_SG_CHAIN, client_veth, coredns_a_veth,
 };
 
 /// A failure of the catalogue that can be switched on and off.
@@ -43,11 +44,26 @@ pub enum Failure {
     /// #9: the VPC routes the client's IP via node A's eth1 and eth1 gets strict rp_filter, so
     /// replies from node B's CoreDNS are dropped by the reverse-path filter on node A.
     RpFilter,
+    /// #5, the reply side: node A drops DNS replies (UDP/TCP from port 53) on their way out to
+    /// the client pod's veth in FORWARD (a firewall rule on the return path).
+    NetpolDropDnsReply,
+    /// #9, the request side: the VPC delivers traffic for coredns-a (198.18.1.30) through node
+    /// A's eth1 and eth1 gets strict rp_filter, so queries from node B (routed back via eth0)
+    /// are dropped by the reverse-path filter on node A on their way in.
+    RpFilterRequest,
+    /// A path that bypasses node A's conntrack: node A's raw table NOTRACKs UDP replies from
+    /// coredns-a, so they are not reverse-NATed and reach the client from 198.18.1.30 instead of
+    /// the kube-dns ClusterIP (a connected UDP socket refuses them).
+    ReplyNotrackA,
+    /// Not a failure, a variant of the healthy lab (#1): VPC CNI's SNAT rule without
+    /// `--random-fully` (`AWS_VPC_K8S_CNI_RANDOMIZESNAT=none`), so pod egress keeps its source
+    /// port when it is free.
+    SnatPlain,
 }
 
 impl Failure {
     /// Every switchable failure, in catalogue order.
-    pub const ALL: [Failure; 11] = [
+    pub const ALL: [Failure; 15] = [
         Failure::NodeSgTcpOnly,
         Failure::PodSgNoDns,
         Failure::NaclReturn,
@@ -59,19 +75,25 @@ impl Failure {
         Failure::EgressNoNat,
         Failure::EgressNoRoute,
         Failure::RpFilter,
+        Failure::NetpolDropDnsReply,
+        Failure::RpFilterRequest,
+        Failure::ReplyNotrackA,
+        Failure::SnatPlain,
     ];
 
-    /// The number in DESIGN.md's failure catalogue.
+    /// The number in DESIGN.md's failure catalogue (for a variant, the row it varies; 1 for a
+    /// variant of the healthy lab).
     pub fn catalogue_number(self) -> u8 {
         match self {
+            Failure::SnatPlain => 1,
             Failure::NodeSgTcpOnly => 2,
             Failure::PodSgNoDns => 3,
             Failure::NaclReturn => 4,
-            Failure::NetpolDropDns => 5,
+            Failure::NetpolDropDns | Failure::NetpolDropDnsReply => 5,
             Failure::ReplicaDownA | Failure::ReplicaDownB => 6,
             Failure::ReplicaSilentA | Failure::ReplicaSilentB => 7,
             Failure::EgressNoNat | Failure::EgressNoRoute => 8,
-            Failure::RpFilter => 9,
+            Failure::RpFilter | Failure::RpFilterRequest | Failure::ReplyNotrackA => 9,
         }
     }
 
@@ -89,6 +111,10 @@ impl Failure {
             Failure::EgressNoNat => "egress-no-nat",
             Failure::EgressNoRoute => "egress-no-route",
             Failure::RpFilter => "rp-filter",
+            Failure::NetpolDropDnsReply => "netpol-drop-dns-reply",
+            Failure::RpFilterRequest => "rp-filter-request",
+            Failure::ReplyNotrackA => "reply-notrack-a",
+            Failure::SnatPlain => "snat-plain",
         }
     }
 }
@@ -181,10 +207,29 @@ pub fn current_pin() -> Result<Option<Pin>> {
     })
 }
 
-/// Rules (iptables-restore, filter table) a chain-based failure puts in its chain when on.
-pub(crate) fn chain_rules(failure: Failure) -> Option<(&'static str, &'static str, Vec<String>)> {
+/// The rules a chain-based failure puts in its own (otherwise empty) chain when on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ChainRules {
+    /// Namespace.
+    pub ns: &'static str,
+    /// iptables table (`filter`, `raw`).
+    pub table: &'static str,
+    /// The chain, owned by this failure alone.
+    pub chain: &'static str,
+    /// Rule specifications (what follows `-A <chain>`).
+    pub rules: Vec<String>,
+}
+
+/// Rules (iptables-restore) a chain-based failure puts in its chain when on.
+pub(crate) fn chain_rules(failure: Failure) -> Option<ChainRules> {
+    let filter = |ns, chain, rules| ChainRules {
+        ns,
+        table: "filter",
+        chain,
+        rules,
+    };
     let rules = match failure {
-        Failure::NodeSgTcpOnly => (
+        Failure::NodeSgTcpOnly => filter(
             NS_VPC,
             VPC_NODE_SG_CHAIN,
             ["a-eth0", "a-eth1"]
@@ -196,7 +241,7 @@ pub(crate) fn chain_rules(failure: Failure) -> Option<(&'static str, &'static st
                 })
                 .collect(),
         ),
-        Failure::PodSgNoDns => (
+        Failure::PodSgNoDns => filter(
             NS_VPC,
             VPC_POD_SG_CHAIN,
             ["udp", "tcp"]
@@ -208,7 +253,7 @@ pub(crate) fn chain_rules(failure: Failure) -> Option<(&'static str, &'static st
                 })
                 .collect(),
         ),
-        Failure::NaclReturn => (
+        Failure::NaclReturn => filter(
             NS_VPC,
             VPC_NACL_CHAIN,
             ["a-eth0", "a-eth1", "a-trunk1"]
@@ -222,7 +267,7 @@ pub(crate) fn chain_rules(failure: Failure) -> Option<(&'static str, &'static st
         ),
         Failure::NetpolDropDns => {
             let veth = client_veth();
-            (
+            filter(
                 NS_NODE_A,
                 NETPOL_CHAIN,
                 ["udp", "tcp"]
@@ -235,25 +280,66 @@ pub(crate) fn chain_rules(failure: Failure) -> Option<(&'static str, &'static st
                     .collect(),
             )
         }
+        Failure::NetpolDropDnsReply => {
+            let veth = client_veth();
+            filter(
+                NS_NODE_A,
+                NETPOL_REPLY_CHAIN,
+                ["udp", "tcp"]
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "-o {veth} -p {p} -m {p} --sport 53 -m comment --comment \"firewall: DNS replies to default/client denied\" -j DROP"
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        Failure::ReplyNotrackA => ChainRules {
+            ns: NS_NODE_A,
+            table: "raw",
+            chain: RAW_CHAIN,
+            rules: vec![format!(
+                "-i {} -p udp -m udp --sport 53 -m comment --comment \"replies of coredns-a bypass conntrack\" -j NOTRACK",
+                coredns_a_veth()
+            )],
+        },
         _ => return None,
     };
     Some(rules)
 }
 
-fn set_chain(ns: &str, chain: &str, rules: &[String], on: bool) -> Result<()> {
-    let mut s = format!("*filter\n-F {chain}\n");
+fn set_chain(c: &ChainRules, on: bool) -> Result<()> {
+    let mut s = format!("*{}\n-F {}\n", c.table, c.chain);
     if on {
-        for r in rules {
-            s.push_str(&format!("-A {chain} {r}\n"));
+        for r in &c.rules {
+            s.push_str(&format!("-A {} {r}\n", c.chain));
         }
     }
     s.push_str("COMMIT\n");
-    iptables_restore(ns, &s, true)
+    iptables_restore(c.ns, &s, true)
 }
 
-fn chain_has_rules(ns: &str, chain: &str) -> Result<bool> {
-    let out = netns_exec(ns, &["iptables", "-w", "-S", chain])?;
+fn chain_has_rules(c: &ChainRules) -> Result<bool> {
+    let out = netns_exec(c.ns, &["iptables", "-w", "-t", c.table, "-S", c.chain])?;
     Ok(out.lines().any(|l| l.starts_with("-A ")))
+}
+
+/// Strict rp_filter on node A's eth1 while either rp-filter failure routes traffic into it,
+/// loose (as VPC CNI sets it) otherwise.
+fn eth1_rp_filter() -> Result<()> {
+    let strict = is_on(Failure::RpFilter)? || is_on(Failure::RpFilterRequest)?;
+    let mode = if strict { "1" } else { "2" };
+    sysctl(NS_NODE_A, &[format!("net.ipv4.conf.eth1.rp_filter={mode}")])
+}
+
+/// VPC CNI's SNAT chain on node A with or without `--random-fully`.
+fn set_snat(random_fully: bool) -> Result<()> {
+    let s = format!(
+        "*nat\n-F {SNAT_CHAIN}\n-A {SNAT_CHAIN} {}\nCOMMIT\n",
+        snat_rule(random_fully)
+    );
+    iptables_restore(NS_NODE_A, &s, true)
 }
 
 /// VPC routes toward the internet (203.0.113.0/24 and default): via the internet ns, or blackholed.
@@ -287,8 +373,8 @@ pub fn set_failure(failure: Failure, on: bool) -> Result<()> {
 }
 
 fn set_failure_inner(failure: Failure, on: bool) -> Result<()> {
-    if let Some((ns, chain, rules)) = chain_rules(failure) {
-        return set_chain(ns, chain, &rules, on);
+    if let Some(c) = chain_rules(failure) {
+        return set_chain(&c, on);
     }
     match failure {
         Failure::ReplicaDownA | Failure::ReplicaDownB => {
@@ -337,20 +423,31 @@ fn set_failure_inner(failure: Failure, on: bool) -> Result<()> {
                 NS_VPC,
                 &["route", "replace", &client, "dev", dev, "scope", "link"],
             )?;
-            let mode = if on { "1" } else { "2" };
-            sysctl(NS_NODE_A, &[format!("net.ipv4.conf.eth1.rp_filter={mode}")])
+            eth1_rp_filter()
         }
+        Failure::RpFilterRequest => {
+            let replica = format!("{COREDNS_A_IP}/32");
+            let dev = if on { "a-eth1" } else { "a-eth0" };
+            ip(
+                NS_VPC,
+                &["route", "replace", &replica, "dev", dev, "scope", "link"],
+            )?;
+            eth1_rp_filter()
+        }
+        Failure::SnatPlain => set_snat(!on),
         Failure::NodeSgTcpOnly
         | Failure::PodSgNoDns
         | Failure::NaclReturn
-        | Failure::NetpolDropDns => bail!("{failure} has no chain rules"),
+        | Failure::NetpolDropDns
+        | Failure::NetpolDropDnsReply
+        | Failure::ReplyNotrackA => bail!("{failure} has no chain rules"),
     }
 }
 
 /// Whether `failure` is on, read from the system.
 pub fn is_on(failure: Failure) -> Result<bool> {
-    if let Some((ns, chain, _)) = chain_rules(failure) {
-        return chain_has_rules(ns, chain);
+    if let Some(c) = chain_rules(failure) {
+        return chain_has_rules(&c);
     }
     Ok(match failure {
         Failure::ReplicaDownA | Failure::ReplicaDownB => {
@@ -371,10 +468,22 @@ pub fn is_on(failure: Failure) -> Result<bool> {
         Failure::RpFilter => {
             ip(NS_VPC, &["route", "show", &format!("{CLIENT_IP}/32")])?.contains("a-eth1")
         }
+        Failure::RpFilterRequest => {
+            ip(NS_VPC, &["route", "show", &format!("{COREDNS_A_IP}/32")])?.contains("a-eth1")
+        }
+        Failure::SnatPlain => {
+            let rules = netns_exec(
+                NS_NODE_A,
+                &["iptables", "-w", "-t", "nat", "-S", SNAT_CHAIN],
+            )?;
+            rules.contains("-j SNAT") && !rules.contains("--random-fully")
+        }
         Failure::NodeSgTcpOnly
         | Failure::PodSgNoDns
         | Failure::NaclReturn
-        | Failure::NetpolDropDns => false,
+        | Failure::NetpolDropDns
+        | Failure::NetpolDropDnsReply
+        | Failure::ReplyNotrackA => false,
     })
 }
 
@@ -419,9 +528,40 @@ mod tests {
 
     #[test]
     fn netpol_targets_client_veth() {
-        let (ns, chain, rules) = chain_rules(Failure::NetpolDropDns).unwrap_or_default();
-        assert_eq!((ns, chain), (NS_NODE_A, NETPOL_CHAIN));
-        assert!(rules.iter().all(|r| r.starts_with("-i enia7a3e029a7b ")));
-        assert_eq!(rules.len(), 2);
+        let c = chain_rules(Failure::NetpolDropDns).unwrap_or_default();
+        assert_eq!(
+            (c.ns, c.table, c.chain),
+            (NS_NODE_A, "filter", NETPOL_CHAIN)
+        );
+        assert!(c.rules.iter().all(|r| r.starts_with("-i enia7a3e029a7b ")));
+        assert_eq!(c.rules.len(), 2);
+        let reply = chain_rules(Failure::NetpolDropDnsReply).unwrap_or_default();
+        assert_eq!(reply.chain, NETPOL_REPLY_CHAIN);
+        assert!(
+            reply
+                .rules
+                .iter()
+                .all(|r| r.starts_with("-o enia7a3e029a7b ") && r.contains("--sport 53"))
+        );
+    }
+
+    #[test]
+    fn every_chain_failure_owns_its_chain() {
+        let mut chains: Vec<(&str, &str, &str)> = Failure::ALL
+            .iter()
+            .filter_map(|f| chain_rules(*f))
+            .map(|c| (c.ns, c.table, c.chain))
+            .collect();
+        let n = chains.len();
+        chains.sort_unstable();
+        chains.dedup();
+        assert_eq!(chains.len(), n, "two failures share a chain: {chains:?}");
+        let raw = chain_rules(Failure::ReplyNotrackA).unwrap_or_default();
+        assert_eq!((raw.table, raw.chain), ("raw", RAW_CHAIN));
+        assert!(
+            raw.rules
+                .iter()
+                .all(|r| r.starts_with("-i eni54dcd3d4f3b ") && r.ends_with("-j NOTRACK"))
+        );
     }
 }

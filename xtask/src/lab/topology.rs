@@ -127,6 +127,12 @@ pub const KUBE_SEP_DNS_TCP_B: &str = "KUBE-SEP-QDXJUIPCSVVJCHKI";
 pub const SNAT_CHAIN: &str = "AWS-SNAT-CHAIN-0";
 /// Node A chain (jumped to from FORWARD) standing in for a NetworkPolicy engine.
 pub const NETPOL_CHAIN: &str = "TRACER-LAB-NETPOL";
+/// Node A chain (jumped to from FORWARD) standing in for a firewall on the way back to pods
+/// (failure `netpol-drop-dns-reply`).
+pub const NETPOL_REPLY_CHAIN: &str = "TRACER-LAB-NETPOL-REPLY";
+/// Node A raw-table chain (jumped to from PREROUTING) for NOTRACK rules (failure
+/// `reply-notrack-a`).
+pub const RAW_CHAIN: &str = "TRACER-LAB-RAW";
 /// VPC chain: security group of node A's ENIs toward node B (failure 2).
 pub const VPC_NODE_SG_CHAIN: &str = "TRL-VPC-NODE-SG";
 /// VPC chain: security group of the branch ENI (failure 3).
@@ -597,6 +603,11 @@ pub fn netns_etc_dir(netns: &str) -> std::path::PathBuf {
 /// The host veth name of pod default/client.
 pub fn client_veth() -> String {
     host_veth_name(VETH_PREFIX_ENI, "default", "client")
+}
+
+/// The host veth name of pod kube-system/coredns-a.
+pub fn coredns_a_veth() -> String {
+    host_veth_name(VETH_PREFIX_ENI, "kube-system", "coredns-a")
 }
 
 /// The host veth name of pod default/sg-client.
