@@ -77,14 +77,13 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
             "{t:?} has no host: {hint} (0.0.0.0:{t} listens on every interface)"
         ));
     }
-    // A bare IPv6 address and a port, as `$(HOST_IP):9966` expands on an IPv6 node.
-    if let Some((host, port)) = t.rsplit_once(':')
-        && let (Ok(ip), Ok(port)) = (host.parse::<std::net::Ipv6Addr>(), port.parse::<u16>())
-        && host.contains("::")
-    {
-        return Ok(SocketAddr::from((ip, port)));
-    }
     match t.rsplit_once(':') {
+        // An IPv6 address without brackets, as the downward API's status.hostIP gives it
+        // (`--metrics-addr $(HOST_IP):9090` on an IPv6 node).
+        Some((host, port)) if host.contains(':') => match (host.parse(), port.parse()) {
+            (Ok(ip), Ok(port)) => Ok(SocketAddr::new(std::net::IpAddr::V6(ip), port)),
+            _ => Err(format!("{t:?} is not an address: {hint}")),
+        },
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => t
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {host:?}: {e}; {hint}"))?
@@ -102,7 +101,7 @@ pub enum Command {
     /// Attach to this node's interfaces and print one JSON line per verdict (and per packet with
     /// --events) on stdout. Needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (plus CAP_SYSLOG for
     /// symbolized drop locations); see deploy/daemonset.yaml.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Stream this node's verdicts from the running `tracer run`, filtered, as a table or JSON
     /// (root only: reads its Unix socket). E.g. `tracer observe --verdict dropped,lost_beyond_node
     /// -n shop` or `tracer observe --last 100 --no-follow -o json`.
@@ -224,8 +223,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration, hide = true)]
     pub reconcile_interval: Duration,
 
-    /// Interval between counter log lines on stderr.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// Interval between counter log lines on stderr (1s to 1h).
+    #[arg(long, default_value = "30s", value_parser = parse_stats_interval)]
     pub stats_interval: Duration,
 
     /// Serve Prometheus metrics (/metrics), /healthz and /readyz on HOST:PORT, e.g.
@@ -233,6 +232,12 @@ pub struct RunArgs {
     /// when not given.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr)]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Serve /healthz and /readyz (the kubelet's probes) on a listener of their own at
+    /// HOST:PORT, which metrics clients cannot starve. Default: the --metrics-addr host with the
+    /// next port (9091 beside 9090); nothing when neither is given.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr)]
+    pub health_addr: Option<SocketAddr>,
 
     /// Unix socket for `tracer observe` (created mode 0600: root only).
     #[arg(long, value_name = "PATH", default_value = crate::sinks::stream::DEFAULT_SOCKET)]
@@ -281,6 +286,35 @@ fn parse_peer_wait(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+impl RunArgs {
+    /// Where /healthz and /readyz get their own listener: `--health-addr`, else the
+    /// `--metrics-addr` host with the next port, else nowhere.
+    pub fn health_listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        let addr = match (self.health_addr, self.metrics_addr) {
+            (Some(health), _) => health,
+            (None, None) => return Ok(None),
+            // An ephemeral metrics port (tests): an ephemeral health port too.
+            (None, Some(m)) if m.port() == 0 => m,
+            (None, Some(m)) => {
+                let port = m.port().checked_add(1).ok_or_else(|| {
+                    format!(
+                        "--metrics-addr {m} leaves no next port for the health endpoint: give \
+                         --health-addr"
+                    )
+                })?;
+                SocketAddr::new(m.ip(), port)
+            }
+        };
+        if Some(addr) == self.metrics_addr && addr.port() != 0 {
+            return Err(format!(
+                "--health-addr {addr} is the metrics address: give the health endpoint a port \
+                 of its own"
+            ));
+        }
+        Ok(Some(addr))
+    }
+}
+
 /// A summary interval: a duration of at most 10 s.
 fn parse_summary_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
@@ -309,7 +343,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs <= 0.0 || secs > 3600.0 {
         return Err(format!("duration {s:?} out of range (0, 1h]"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let d = Duration::from_secs_f64(secs);
+    if d < MIN_DURATION {
+        return Err(format!(
+            "duration {s:?} rounds to zero: the shortest is 1ms"
+        ));
+    }
+    Ok(d)
+}
+
+/// The shortest duration any flag takes: below it a value rounds to zero (a timer of period
+/// zero, a window nothing fits in).
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+
+/// A stats interval: one counter log line per interval, so at least 1 s (and at most 1 h).
+fn parse_stats_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!(
+            "stats interval {s:?} out of range [1s, 1h]: it is the period of a log line"
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -329,6 +384,146 @@ mod tests {
     }
 
     #[test]
+    fn durations_that_round_to_zero_are_refused() {
+        for s in [
+            "0.0000000001s",
+            "0.0000001",
+            "0.0001ms",
+            "0.5ms",
+            "0ms",
+            "0.000s",
+        ] {
+            let e = parse_duration(s).expect_err(s);
+            assert!(
+                e.contains("rounds to zero") || e.contains("out of range"),
+                "{s}: {e}"
+            );
+        }
+        assert_eq!(parse_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
+    }
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, String> {
+        let argv = ["tracer", "run"].iter().chain(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Run(a) => Ok(*a),
+            _ => Err("not run".to_owned()),
+        }
+    }
+
+    #[test]
+    fn every_duration_flag_refuses_zero() {
+        for flag in ["--window", "--stats-interval", "--summary-interval"] {
+            for bad in ["0", "0s", "0.0000001s", "0.0001ms"] {
+                let e = run_args(&[flag, bad]).expect_err(bad);
+                assert!(e.contains(flag), "{flag} {bad}: {e}");
+            }
+        }
+        // The stats interval is the period of a log line: at least a second.
+        let e = run_args(&["--stats-interval", "500ms"]).expect_err("500ms");
+        assert!(e.contains("[1s, 1h]"), "{e}");
+        let a = run_args(&["--stats-interval", "1s", "--window", "1ms"]).expect("valid");
+        assert_eq!(a.stats_interval, Duration::from_secs(1));
+        assert_eq!(a.window, Duration::from_millis(1));
+        assert_eq!(
+            run_args(&[]).expect("defaults").stats_interval,
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn health_listener_address() {
+        let health = |args: &[&str]| run_args(args).expect("parses").health_listen_addr();
+        assert_eq!(health(&[]), Ok(None), "nothing served without either flag");
+        assert_eq!(
+            health(&["--metrics-addr", "10.0.1.12:9090"]),
+            Ok(Some(SocketAddr::from(([10, 0, 1, 12], 9091)))),
+            "default: the metrics host, next port"
+        );
+        assert_eq!(
+            health(&["--metrics-addr", ":9090", "--health-addr", "127.0.0.1:8081"]),
+            Ok(Some(SocketAddr::from(([127, 0, 0, 1], 8081))))
+        );
+        assert_eq!(
+            health(&["--health-addr", "127.0.0.1:8081"]),
+            Ok(Some(SocketAddr::from(([127, 0, 0, 1], 8081)))),
+            "probes without metrics"
+        );
+        let e = health(&["--metrics-addr", "0.0.0.0:65535"]).expect_err("no next port");
+        assert!(e.contains("--health-addr"), "{e}");
+        let e = health(&["--metrics-addr", ":9090", "--health-addr", "0.0.0.0:9090"])
+            .expect_err("same address");
+        assert!(e.contains("a port of its own"), "{e}");
+        // Tests bind port 0: both get an ephemeral port.
+        assert_eq!(
+            health(&["--metrics-addr", "127.0.0.1:0"]),
+            Ok(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+        );
+    }
+
+    /// The args of the DaemonSet's container, `$(HOST_IP)` expanded as the kubelet does.
+    fn daemonset_args(yaml: &str, host_ip: &str) -> Vec<String> {
+        let mut lines = yaml.lines().skip_while(|l| l.trim() != "args:").skip(1);
+        let mut out = Vec::new();
+        for line in lines.by_ref() {
+            let t = line.trim();
+            if t.starts_with('#') {
+                continue;
+            }
+            let Some(arg) = t.strip_prefix("- ") else {
+                break;
+            };
+            out.push(arg.trim_matches('"').replace("$(HOST_IP)", host_ip));
+        }
+        out
+    }
+
+    #[test]
+    fn daemonset_binds_the_node_ip_and_probes_the_health_listener() {
+        let yaml = include_str!("../../deploy/daemonset.yaml");
+        let compact: String = yaml.split_whitespace().collect::<Vec<_>>().join(" ");
+        // HOST_IP comes from the downward API.
+        assert!(
+            compact.contains("- name: HOST_IP valueFrom: fieldRef: fieldPath: status.hostIP"),
+            "HOST_IP from status.hostIP"
+        );
+        for host_ip in ["10.0.1.12", "2600:1f14:abc:1200::7"] {
+            let args = daemonset_args(yaml, host_ip);
+            assert_eq!(args.first().map(String::as_str), Some("run"), "{args:?}");
+            assert!(!args.iter().any(|a| a.contains("0.0.0.0")), "{args:?}");
+            let mut argv = vec!["tracer"];
+            argv.extend(args.iter().map(String::as_str));
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let Command::Run(run) = cli.command else {
+                panic!("not run: {argv:?}");
+            };
+            let ip: std::net::IpAddr = host_ip.parse().expect("ip");
+            assert_eq!(run.metrics_addr, Some(SocketAddr::new(ip, 9090)));
+            let health = run.health_listen_addr().expect("health address");
+            assert_eq!(health, Some(SocketAddr::new(ip, 9091)));
+        }
+        // Both probes go to the port named `health`, which is the health listener's.
+        assert!(
+            compact.contains("- name: health containerPort: 9091 protocol: TCP"),
+            "a port named health on 9091"
+        );
+        for probe in ["livenessProbe:", "readinessProbe:"] {
+            let after = compact
+                .split_once(probe)
+                .map(|(_, rest)| rest)
+                .unwrap_or_else(|| panic!("{probe} present"));
+            let port = after
+                .split_once("port: ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .expect("a probe port");
+            assert_eq!(port, "health", "{probe}");
+        }
+    }
+
+    #[test]
     fn listen_addresses() {
         let ok = |s: &str| parse_listen_addr(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         assert_eq!(ok("0.0.0.0:9090"), SocketAddr::from(([0, 0, 0, 0], 9090)));
@@ -340,6 +535,11 @@ mod tests {
             "[fd00:ec2::23]:9966".parse().expect("addr")
         );
         assert!(ok("localhost:9090").ip().is_loopback());
+        // An IPv6 status.hostIP expanded into `$(HOST_IP):9090`.
+        assert_eq!(
+            ok("2600:1f14:abc:1200::7:9090"),
+            "[2600:1f14:abc:1200::7]:9090".parse().expect("addr")
+        );
         for (bad, needle) in [
             ("9090", "has no host"),
             ("localhost", "is not an address"),

@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(log_filter(cli.log_level.as_deref()))
         .init();
     let result = match cli.command {
-        cli::Command::Run(args) => daemon::main(args),
+        cli::Command::Run(args) => daemon::main(*args),
         cli::Command::Observe(args) => observe::client::main(*args),
         cli::Command::Certs(args) => peer::certs::main(&args),
         cli::Command::MetaDump(a) => enrich::dump_main(

@@ -91,6 +91,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics_addr {
         tokio::spawn(crate::sinks::metrics::serve(addr, metrics.clone()).await?);
     }
+    let health_addr = args.health_listen_addr().map_err(anyhow::Error::msg)?;
+    if let Some(addr) = health_addr {
+        tokio::spawn(crate::sinks::metrics::serve_health(addr, metrics.clone()).await?);
+    }
     let hub = crate::sinks::stream::Hub::new();
     let observe_stats = crate::sinks::stream::ObserveStats::default();
     metrics.track_observe(observe_stats.clone());
@@ -233,6 +237,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         attach = preflight::attach_mode(args.tc_attach),
         socket = %if args.no_socket { "off".into() } else { args.socket.display().to_string() },
         metrics = %args.metrics_addr.map_or("off".into(), |a| format!("http://{a}/metrics")),
+        health = %health_addr.map_or("off".into(), |a| format!("http://{a}/healthz")),
         budget_mib = budget.bytes >> 20,
         dns_table = budget.dns_entries,
         max_flows = budget.max_flows,

@@ -22,7 +22,8 @@
 //! relists; neither needs a restart. Without any cluster configuration the cache is
 //! [`CacheState::Disabled`] after one warning line.
 //!
-//! RBAC: get/list/watch on pods, services, nodes (core) and endpointslices (discovery.k8s.io).
+//! RBAC: list and watch on pods, services, nodes (core) and endpointslices (discovery.k8s.io),
+//! nothing else (`deploy/clusterrole.yaml`; `rbac_tests` checks it against the requests made).
 
 // This module is the stage's whole API; in the binary, parts of it stay unused until the
 // verdict stage calls them.
@@ -35,6 +36,8 @@ mod index;
 #[cfg(test)]
 mod mock_tests;
 mod model;
+#[cfg(test)]
+mod rbac_tests;
 mod watch;
 
 use std::{

@@ -1,8 +1,12 @@
 //! Prometheus metrics of `tracer run` and the HTTP endpoint that serves them.
 //!
 //! Exposition is OpenMetrics text (`prometheus-client`), which Prometheus scrapes natively.
-//! Endpoints: `/metrics`, `/healthz` (200 while the process serves HTTP), `/readyz` (200 once
-//! the daemon said its programs are attached, 503 before).
+//! Endpoints: `/metrics`, `/healthz` (200 while the daemon's main loop goes round), `/readyz`
+//! (200 once the daemon said its programs are attached, 503 before).
+//!
+//! The kubelet's probes get a listener of their own ([`serve_health`]: `/healthz` and `/readyz`
+//! only, with its own connection slots and a short header timeout), so metrics clients that
+//! take every slot of the metrics listener cannot make a healthy node's tracer fail its probes.
 //!
 //! Counters that mirror absolute values read elsewhere (kernel per-CPU counters, userspace
 //! counters, attach totals) are set with [`Metrics::set_kernel`] and friends: the metric moves
@@ -46,6 +50,14 @@ pub const MAX_HTTP_CONNECTIONS: usize = 32;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest an HTTP connection may stay open.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most connections the health listener ([`serve_health`]) serves at once: its own slots,
+/// which metrics clients cannot take.
+pub const MAX_HEALTH_CONNECTIONS: usize = 8;
+/// How long a client of the health listener may take to send its request headers (a probe
+/// sends them at once; the kubelet's probe timeout is a few seconds).
+pub const HEALTH_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a connection to the health listener may stay open.
+pub const HEALTH_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -671,7 +683,7 @@ impl Metrics {
         out
     }
 
-    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn respond(&self, req: &Request<Incoming>, endpoints: Endpoints) -> Response<Full<Bytes>> {
         let reply = |status: StatusCode, ctype: &'static str, body: Bytes| {
             let mut resp = Response::new(Full::new(body));
             *resp.status_mut() = status;
@@ -690,6 +702,14 @@ impl Metrics {
             );
         }
         match req.uri().path() {
+            "/metrics" if endpoints == Endpoints::Health => reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                Bytes::from_static(
+                    b"not found: this listener serves /healthz and /readyz; /metrics is on \
+                      --metrics-addr\n",
+                ),
+            ),
             "/metrics" => reply(StatusCode::OK, CONTENT_TYPE, Bytes::from(self.render())),
             "/healthz" if self.is_alive(monotonic_s()) => {
                 reply(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n"))
@@ -730,6 +750,41 @@ pub fn monotonic_s() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0)
 }
 
+/// What one listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoints {
+    /// `/metrics`, `/healthz`, `/readyz` (`--metrics-addr`).
+    All,
+    /// `/healthz` and `/readyz` only (`--health-addr`).
+    Health,
+}
+
+/// Limits of one listener.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    endpoints: Endpoints,
+    what: &'static str,
+    connections: usize,
+    header_timeout: Duration,
+    connection_timeout: Duration,
+}
+
+const METRICS_LIMITS: Limits = Limits {
+    endpoints: Endpoints::All,
+    what: "metrics endpoint",
+    connections: MAX_HTTP_CONNECTIONS,
+    header_timeout: HEADER_TIMEOUT,
+    connection_timeout: CONNECTION_TIMEOUT,
+};
+
+const HEALTH_LIMITS: Limits = Limits {
+    endpoints: Endpoints::Health,
+    what: "health endpoint",
+    connections: MAX_HEALTH_CONNECTIONS,
+    header_timeout: HEALTH_HEADER_TIMEOUT,
+    connection_timeout: HEALTH_CONNECTION_TIMEOUT,
+};
+
 /// Binds `addr` now (so a taken port fails start-up) and returns the server: a future that
 /// serves the endpoints until dropped, to spawn. Connection errors are logged per connection.
 pub async fn serve(
@@ -738,41 +793,63 @@ pub async fn serve(
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     let listener = TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+        .with_context(|| format!("binding the metrics endpoint {addr} (--metrics-addr)"))?;
     Ok(serve_listener(listener, metrics))
+}
+
+/// Binds `addr` now (so a taken port fails start-up) and returns the health server: `/healthz`
+/// and `/readyz` only, on their own [`MAX_HEALTH_CONNECTIONS`] slots, until dropped.
+pub async fn serve_health(
+    addr: SocketAddr,
+    metrics: Metrics,
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the health endpoint {addr} (--health-addr)"))?;
+    Ok(serve_health_listener(listener, metrics))
 }
 
 /// Serves the endpoints on a bound listener until the future is dropped.
 pub async fn serve_listener(listener: TcpListener, metrics: Metrics) {
-    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    serve_with(listener, metrics, METRICS_LIMITS).await;
+}
+
+/// Serves `/healthz` and `/readyz` on a bound listener until the future is dropped.
+pub async fn serve_health_listener(listener: TcpListener, metrics: Metrics) {
+    serve_with(listener, metrics, HEALTH_LIMITS).await;
+}
+
+async fn serve_with(listener: TcpListener, metrics: Metrics, limits: Limits) {
+    let slots = Arc::new(Semaphore::new(limits.connections));
+    let what = limits.what;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(err) => {
-                tracing::warn!(%err, "metrics endpoint: accept failed");
+                tracing::warn!(%err, "{what}: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::debug!(%peer, "metrics endpoint: too many connections, closing one");
+            tracing::debug!(%peer, "{what}: too many connections, closing one");
             continue;
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let resp = metrics.respond(&req);
+                let resp = metrics.respond(&req, limits.endpoints);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+            match tokio::time::timeout(limits.connection_timeout, conn).await {
                 Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::debug!(%peer, %err, "metrics connection"),
-                Err(_) => tracing::debug!(%peer, "metrics connection timed out"),
+                Ok(Err(err)) => tracing::debug!(%peer, %err, "{what} connection"),
+                Err(_) => tracing::debug!(%peer, "{what} connection timed out"),
             }
         });
     }
@@ -982,6 +1059,74 @@ mod tests {
         task.abort();
     }
 
+    /// Whether the server closes a fresh connection without an answer (all slots taken).
+    async fn refused(addr: SocketAddr) -> bool {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = s
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut resp = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut resp)).await;
+        resp.is_empty()
+    }
+
+    #[tokio::test]
+    async fn probes_are_answered_while_metrics_clients_hold_every_slot() {
+        let metrics_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let health_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (metrics_addr, health_addr) = (
+            metrics_l.local_addr().expect("addr"),
+            health_l.local_addr().expect("addr"),
+        );
+        let m = Metrics::new();
+        let t1 = tokio::spawn(serve_listener(metrics_l, m.clone()));
+        let t2 = tokio::spawn(serve_health_listener(health_l, m.clone()));
+        m.set_ready(true);
+
+        // Scrapers (or anyone) open every connection the metrics listener serves and send
+        // nothing: each holds its slot until the header timeout.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_HTTP_CONNECTIONS {
+            idle.push(
+                tokio::net::TcpStream::connect(metrics_addr)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        assert!(
+            refused(metrics_addr).await,
+            "the metrics listener is full: a further client gets no answer"
+        );
+        // The probes' own listener still answers.
+        assert_eq!(get(health_addr, "/healthz").await.0, 200);
+        assert_eq!(get(health_addr, "/readyz").await.0, 200);
+        m.set_ready(false);
+        assert_eq!(get(health_addr, "/readyz").await.0, 503);
+        // It serves the probes only.
+        let (status, _, body) = get(health_addr, "/metrics").await;
+        assert_eq!(status, 404);
+        assert!(body.contains("--metrics-addr"), "{body}");
+        drop(idle);
+        t1.abort();
+        t2.abort();
+    }
+
+    #[tokio::test]
+    async fn health_listener_cannot_be_held_by_silent_clients() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let task = tokio::spawn(serve_health_listener(l, Metrics::new()));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_HEALTH_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        assert!(refused(addr).await, "full for now");
+        // Silent clients are cut after the short header timeout and the probe gets through.
+        tokio::time::sleep(HEALTH_HEADER_TIMEOUT + Duration::from_millis(500)).await;
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        task.abort();
+    }
+
     #[tokio::test]
     async fn serve_reports_a_taken_port() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -993,5 +1138,9 @@ mod tests {
             err.to_string().contains("binding the metrics endpoint"),
             "{err}"
         );
+        let Err(err) = serve_health(addr, Metrics::new()).await else {
+            panic!("port taken: bind must fail");
+        };
+        assert!(err.to_string().contains("(--health-addr)"), "{err}");
     }
 }

@@ -15,6 +15,10 @@
 //! `n` lines were skipped for it; and `{"type":"error","message":...}` (then the server closes)
 //! for a bad request.
 //!
+//! Who may connect: the socket file is mode 0600 in a 0700 directory, and each client's uid
+//! (`SO_PEERCRED`) is checked as well: root or the daemon's own uid only. A mode loosened by
+//! hand or by a mount does not open the stream to other users; they get an error line.
+//!
 //! The daemon never waits on clients: [`Hub::publish`] appends to a bounded history and a
 //! bounded broadcast channel and returns. Each client has its own task; one that reads too
 //! slowly lags the channel and is told how much it missed; one that stops reading altogether is
@@ -515,6 +519,7 @@ struct StatsInner {
     lines_skipped: AtomicU64,
     bad_requests: AtomicU64,
     refused: AtomicU64,
+    denied: AtomicU64,
     stalled: AtomicU64,
 }
 
@@ -539,6 +544,8 @@ pub struct StatsSnapshot {
     pub bad_requests: u64,
     /// Clients refused because [`MAX_CLIENTS`] were connected.
     pub refused: u64,
+    /// Clients refused because their uid is neither 0 nor the daemon's ([`peer_allowed`]).
+    pub denied: u64,
     /// Clients disconnected because their socket accepted nothing for [`WRITE_TIMEOUT`].
     pub stalled: u64,
 }
@@ -554,6 +561,7 @@ impl ObserveStats {
             lines_skipped: i.lines_skipped.load(Ordering::Relaxed),
             bad_requests: i.bad_requests.load(Ordering::Relaxed),
             refused: i.refused.load(Ordering::Relaxed),
+            denied: i.denied.load(Ordering::Relaxed),
             stalled: i.stalled.load(Ordering::Relaxed),
         }
     }
@@ -693,6 +701,8 @@ impl ObserveListener {
     /// the socket file removed. Accept errors (e.g. out of file descriptors) are logged and
     /// retried; they do not end the server.
     pub async fn run(self, hub: Hub, stats: ObserveStats) {
+        // SAFETY: geteuid has no preconditions.
+        let own_uid = unsafe { libc::geteuid() };
         // Client tasks live in this set: dropping the server ends them all.
         let mut clients = tokio::task::JoinSet::new();
         loop {
@@ -708,6 +718,17 @@ impl ObserveListener {
                     continue;
                 }
             };
+            match stream.peer_cred().map(|c| c.uid()) {
+                Ok(uid) if peer_allowed(uid, own_uid) => {}
+                peer => {
+                    stats.inner.denied.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(?peer, "observe socket: client uid not allowed");
+                    if let (Ok(uid), true) = (peer, clients.len() < MAX_CLIENTS) {
+                        clients.spawn(deny(stream, uid, own_uid));
+                    }
+                    continue;
+                }
+            }
             if clients.len() >= MAX_CLIENTS {
                 stats.inner.refused.fetch_add(1, Ordering::Relaxed);
                 clients.spawn(refuse(stream));
@@ -728,6 +749,25 @@ pub fn serve(
     stats: ObserveStats,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ServeError> {
     Ok(bind(path)?.run(hub, stats))
+}
+
+/// Whether a client running as `peer_uid` may read the stream of a daemon running as
+/// `own_uid`: root, or the daemon's own user (an unprivileged daemon, e.g. in tests).
+pub fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == 0 || peer_uid == own_uid
+}
+
+async fn deny(mut stream: UnixStream, uid: u32, own_uid: u32) {
+    let who = if own_uid == 0 {
+        "root only".to_owned()
+    } else {
+        format!("root or uid {own_uid} only")
+    };
+    let line = error_line(&format!(
+        "permission denied: uid {uid} may not read the observe stream ({who}); run tracer \
+         observe as root, e.g. kubectl exec into the tracer pod"
+    ));
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(line.as_bytes())).await;
 }
 
 async fn refuse(mut stream: UnixStream) {
@@ -1512,6 +1552,114 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(left, [std::ffi::OsString::from("tracer.sock")]);
+    }
+
+    #[test]
+    fn only_root_and_the_daemons_own_uid_may_connect() {
+        assert!(peer_allowed(0, 0));
+        assert!(peer_allowed(0, 1000), "root, whatever the daemon runs as");
+        assert!(peer_allowed(1000, 1000), "the daemon's own user");
+        assert!(!peer_allowed(65534, 0));
+        assert!(!peer_allowed(1001, 1000));
+    }
+
+    /// Connects to `path` as uid/gid 65534 (a forked child that only makes raw system calls),
+    /// asks for the last line without following and returns what the server wrote back.
+    fn exchange_as_nobody(path: &Path) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt as _;
+        // Everything the child needs is prepared before the fork: it must not allocate.
+        // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (dst, src) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+            *dst = *src as libc::c_char;
+        }
+        let mut pipe = [0i32; 2];
+        // SAFETY: pipe writes two descriptors into the array we own.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        let mut buf = [0u8; 1024];
+        // SAFETY: the child only makes async-signal-safe system calls on memory prepared
+        // above, then _exit()s; the parent waits for it below.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: the child (see above).
+            unsafe {
+                libc::close(pipe[0]);
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    libc::_exit(2);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                if fd < 0 || libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+                    libc::_exit(3);
+                }
+                let req = b"{\"last\":1,\"follow\":false}\n";
+                libc::write(fd, req.as_ptr().cast(), req.len());
+                let mut total = 0usize;
+                loop {
+                    let n = libc::read(fd, buf.as_mut_ptr().add(total).cast(), buf.len() - total);
+                    if n <= 0 {
+                        break;
+                    }
+                    total += n as usize;
+                    if total == buf.len() {
+                        break;
+                    }
+                }
+                libc::write(pipe[1], buf.as_ptr().cast(), total);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: closing our copy of the write end; reading our end; reaping our child.
+        unsafe { libc::close(pipe[1]) };
+        let mut out = Vec::new();
+        let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(pipe[0]) };
+        std::io::Read::read_to_end(&mut f, &mut out).expect("read the pipe");
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child failed: status {status:#x}"
+        );
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn other_users_are_refused_even_when_the_mode_allows_them() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: needs root (to connect as another uid)");
+            return;
+        }
+        let s = start(Hub::new());
+        s.hub.publish_value(verdict(1, "shop", "dropped"));
+        // A mistake (or a mount) opens the directory and the socket to everyone.
+        let parent = s.path.parent().expect("parent");
+        for (p, mode) in [(parent, 0o755), (s.path.as_path(), 0o666)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        let path = s.path.clone();
+        let got = tokio::task::spawn_blocking(move || exchange_as_nobody(&path))
+            .await
+            .expect("child");
+        let text = String::from_utf8_lossy(&got);
+        let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(v["type"], "error", "{text}");
+        let msg = v["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("permission denied: uid 65534") && msg.contains("root"),
+            "{msg}"
+        );
+        assert!(!text.contains("shop"), "no verdict leaked: {text}");
+        assert_eq!(s.stats.snapshot().denied, 1);
+        assert_eq!(s.stats.snapshot().clients_total, 0);
+        // Root still gets the stream.
+        let mut c = Client::connect(&s.path, r#"{"last":1,"follow":false}"#).await;
+        assert_eq!(ids(&c.take(1).await), [1]);
     }
 
     #[tokio::test]
