@@ -21,6 +21,8 @@ as_root() {
 apt_packages=(
   iproute2 iptables nftables ethtool procps psmisc kmod socat
   dnsutils unbound dnsmasq-base dnsperf
+  # tests/tests/accuracy.rs: a DNS client with a connected socket or a tiny receive buffer.
+  python3
   bpftool
   llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev
   build-essential pkg-config ca-certificates curl openssl xz-utils
