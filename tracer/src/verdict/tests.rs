@@ -58,6 +58,10 @@ fn nodev() -> Iface {
 fn replica_ns_dev() -> Iface {
     ifc(2, "netns4026532999:if2", IfaceKind::Other, None)
 }
+/// A device inside the client pod's network namespace (as decode names it).
+fn client_ns_dev() -> Iface {
+    ifc(3, "netns4026533001:if3", IfaceKind::Other, None)
+}
 fn tunl0() -> Iface {
     ifc(30, "tunl0", IfaceKind::Other, None)
 }
@@ -938,6 +942,67 @@ cases! {
         evs(remote_query(0.0, 40061, 61, Some("SERVFAIL"))),
         200.0,
         vec![exp(&[("/verdict", json!("answered")), ("/dns/rcode", json!("SERVFAIL"))], &[("/hint", "not a network failure, the server could not resolve it")])],
+    );
+    // A reply delivered to the client's veth and dropped inside the client pod is what the
+    // client got: `dropped`, direction response. The hint follows the facts: the client's
+    // socket was gone when a late answer came (slow server) ...
+    client_socket_closed_before_a_late_answer => case(
+        evs(vec![
+            q(0.0, Hook::Ingress, client_veth(), &c(40080), KUBE_DNS, 80),
+            q(0.03, Hook::Egress, dns_veth(), &c(40080), LOCAL_DNS, 80),
+            r(1500.0, Hook::Ingress, dns_veth(), LOCAL_DNS, &c(40080), 80, "NOERROR"),
+            r(1500.05, Hook::Egress, client_veth(), KUBE_DNS, &c(40080), 80, "NOERROR"),
+            drop_ev(1500.07, client_ns_dev(), Proto::Udp, KUBE_DNS, &c(40080), "NO_SOCKET", "__udp4_lib_rcv+0x7a1").answer(80, QN, "NOERROR", 1),
+        ]),
+        6600.0,
+        vec![exp(
+            &[
+                ("/verdict", json!("dropped")),
+                ("/drop/reason", json!("NO_SOCKET")),
+                ("/drop/direction", json!("response")),
+                ("/where/stage", json!("client_socket")),
+                ("/dns/rcode", json!("NOERROR")),
+            ],
+            &[("/hint", "reached pod 198.18.1.21 1500.07 ms after the query after the client had closed its socket (port 40080)"), ("/hint", "slower than the client's timeout")],
+        )],
+    );
+    // ... the answer came from an address the client did not send to (not reverse-NATed) ...
+    client_socket_reply_not_reverse_natted => case(
+        evs(vec![
+            q(0.0, Hook::Ingress, client_veth(), &c(40081), KUBE_DNS, 81),
+            q(0.03, Hook::Egress, dns_veth(), &c(40081), LOCAL_DNS, 81),
+            r(0.4, Hook::Ingress, dns_veth(), LOCAL_DNS, &c(40081), 81, "NOERROR"),
+            r(0.45, Hook::Egress, client_veth(), LOCAL_DNS, &c(40081), 81, "NOERROR"),
+            drop_ev(0.47, client_ns_dev(), Proto::Udp, LOCAL_DNS, &c(40081), "NO_SOCKET", "__udp4_lib_rcv+0x7a1").answer(81, QN, "NOERROR", 1),
+        ]),
+        5200.0,
+        vec![exp(
+            &[
+                ("/verdict", json!("dropped")),
+                ("/drop/direction", json!("response")),
+                ("/where/stage", json!("client_socket")),
+            ],
+            &[("/hint", "from 198.18.1.30:53, but the client had sent to 198.19.0.10:53: it was not reverse-NATed"), ("/hint", "bypassed this node's conntrack")],
+        )],
+    );
+    // ... or the socket's receive buffer was full.
+    client_socket_receive_buffer_full => case(
+        evs(vec![
+            q(0.0, Hook::Ingress, client_veth(), &c(40082), KUBE_DNS, 82),
+            q(0.03, Hook::Egress, dns_veth(), &c(40082), LOCAL_DNS, 82),
+            r(0.4, Hook::Ingress, dns_veth(), LOCAL_DNS, &c(40082), 82, "NOERROR"),
+            r(0.45, Hook::Egress, client_veth(), KUBE_DNS, &c(40082), 82, "NOERROR"),
+            drop_ev(0.47, client_ns_dev(), Proto::Udp, KUBE_DNS, &c(40082), "SOCKET_RCVBUFF", "__udp_enqueue_schedule_skb+0x2b0").answer(82, QN, "NOERROR", 1),
+        ]),
+        5200.0,
+        vec![exp(
+            &[
+                ("/verdict", json!("dropped")),
+                ("/drop/reason", json!("SOCKET_RCVBUFF")),
+                ("/where/stage", json!("client_socket")),
+            ],
+            &[("/hint", "but its socket's receive buffer was full (SOCKET_RCVBUFF)"), ("/hint", "does not read its answers fast enough")],
+        )],
     );
     // Retries: three attempts (new id and port each time) all lost: one verdict, retries=2.
     retries_linked_lost => case(
