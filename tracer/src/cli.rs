@@ -218,6 +218,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = crate::daemon::budget::parse_size)]
     pub memory_budget: Option<u64>,
 
+    /// Size of the ring buffer the kernel hands records over in (a power of two, at least a
+    /// page). Hidden: for tests that overload the ring on purpose.
+    #[arg(long, value_name = "SIZE", value_parser = parse_ring_bytes, hide = true)]
+    pub ring_bytes: Option<u32>,
+
     /// How often attachments are checked against the kernel (re-attaching what another tool
     /// removed). At most 30s.
     #[arg(long, default_value = "30s", value_parser = parse_duration, hide = true)]
@@ -312,6 +317,15 @@ impl RunArgs {
             ));
         }
         Ok(Some(addr))
+    }
+}
+
+/// A ring buffer size: a power of two from 4 KiB to 1 GiB.
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let n = crate::daemon::budget::parse_bytes(s)?;
+    match u32::try_from(n) {
+        Ok(n) if n.is_power_of_two() && (4096..=1 << 30).contains(&n) => Ok(n),
+        _ => Err(format!("ring size {s:?}: a power of two from 4Ki to 1Gi")),
     }
 }
 

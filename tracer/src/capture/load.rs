@@ -140,6 +140,8 @@ pub struct LoadConfig {
     pub dns_entries: u32,
     /// Entries of the answer summaries.
     pub summary_entries: u32,
+    /// Size of the ring buffer (bytes, a power of two); the object's default when `None`.
+    pub ring_bytes: Option<u32>,
 }
 
 impl Default for LoadConfig {
@@ -155,6 +157,7 @@ impl Default for LoadConfig {
             },
             dns_entries: tracer_common::DNS_TABLE_ENTRIES,
             summary_entries: tracer_common::SUMMARY_ENTRIES,
+            ring_bytes: None,
         }
     }
 }
@@ -250,13 +253,17 @@ impl Capture {
     /// Loads the object and every tc program with `cfg`.
     pub fn load(cfg: &LoadConfig) -> Result<Self, CaptureError> {
         let offsets = cfg.offsets.unwrap_or_default();
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("OFFSETS", &offsets, true)
             .override_global("CONFIG", &cfg.dns, true)
             .map_max_entries("DNS_TABLE", cfg.dns_entries.max(1))
             .map_max_entries("SUMMARY", cfg.summary_entries.max(1))
-            .map_max_entries("LEDGER", ledger_entries(cfg.dns.ledger_slots))
-            .load(EBPF_OBJECT)?;
+            .map_max_entries("LEDGER", ledger_entries(cfg.dns.ledger_slots));
+        if let Some(bytes) = cfg.ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         for prog in TcProgram::ALL {
             let name = prog.name();
             let p: &mut SchedClassifier = ebpf

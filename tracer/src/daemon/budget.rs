@@ -89,8 +89,17 @@ fn parse_limit(text: &str) -> Option<u64> {
     (v < (1 << 50)).then_some(v)
 }
 
-/// Parses `256Mi`, `1Gi`, `512M`, `100000000`.
+/// Parses a memory budget: `256Mi`, `1Gi`, `512M`, `100000000`; at least 32Mi.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    let v = parse_bytes(s)?;
+    if v < (32 << 20) {
+        return Err(format!("memory budget {s:?} below the 32Mi minimum"));
+    }
+    Ok(v)
+}
+
+/// Parses a size in bytes: `4Ki`, `256Mi`, `1Gi`, `512M`, `4096`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -104,13 +113,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "Gi" | "G" => 1 << 30,
         _ => return Err(format!("bad size unit in {s:?}: use Ki, Mi or Gi")),
     };
-    let v = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} too large"))?;
-    if v < (32 << 20) {
-        return Err(format!("memory budget {s:?} below the 32Mi minimum"));
-    }
-    Ok(v)
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))
 }
 
 #[cfg(test)]

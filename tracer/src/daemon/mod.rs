@@ -146,6 +146,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         dns_entries: budget.dns_entries,
         summary_entries: budget.summary_entries,
+        ring_bytes: args.ring_bytes,
     };
 
     let mut capture = Capture::load(&load_cfg).map_err(preflight::load_error)?;
