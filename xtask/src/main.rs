@@ -1,4 +1,4 @@
-//! `cargo xtask`: lab, test, demo, bench and image orchestration for tracer.
+//! `cargo xtask`: lab, test, demo, bench, fuzz and image orchestration for tracer.
 
 use std::process::Command as Process;
 
@@ -43,6 +43,16 @@ enum Command {
         /// Skip the per-packet benchmark (BPF_PROG_TEST_RUN).
         #[arg(long)]
         no_packets: bool,
+    },
+    /// Property/fuzz tests of every parser of kernel, network and API data (the tracer's
+    /// `fuzz_*` tests) with many cases each, built with overflow checks (profile `fuzz`);
+    /// prints cases and time per target. Failures are saved under tracer/proptest-regressions.
+    Fuzz {
+        /// Cases per target (the target over the real kernel's 5.5 MB BTF runs a thousandth).
+        #[arg(long, default_value_t = 1_000_000)]
+        cases: u32,
+        /// Only the targets whose name contains this (e.g. `dns`).
+        target: Option<String>,
     },
     /// Static checks: rustfmt, clippy on userspace crates, clippy on the eBPF crate.
     Lint,
@@ -183,6 +193,79 @@ fn lint() -> Result<()> {
     lint_ebpf()
 }
 
+/// One target's figures, from the line each fuzz test prints.
+struct FuzzFigures {
+    target: String,
+    line: String,
+}
+
+/// `cargo xtask fuzz`: runs the `fuzz_*` tests one at a time with `cases` cases each and
+/// prints a table of their figures.
+fn fuzz(cases: u32, target: Option<&str>) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let filter = match target {
+        Some(t) if t.starts_with("fuzz_") => t.to_owned(),
+        Some(t) => format!("fuzz_{t}"),
+        None => "fuzz_".to_owned(),
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let args = [
+        "test",
+        "-p",
+        "tracer",
+        "--profile",
+        "fuzz",
+        &filter,
+        "--",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ];
+    println!("TRACER_FUZZ_CASES={cases} {cargo} {}", args.join(" "));
+    let start = std::time::Instant::now();
+    let mut child = Process::new(&cargo)
+        .args(args)
+        .env("TRACER_FUZZ_CASES", cases.to_string())
+        .current_dir(xtask::tracer::workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    let mut figures = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("fuzz: ")
+                && let Some((target, figs)) = rest.split_once(": ")
+            {
+                figures.push(FuzzFigures {
+                    target: target.to_owned(),
+                    line: figs.to_owned(),
+                });
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("\nfuzz figures ({cases} cases requested per target):");
+    for f in &figures {
+        println!("  {:<34} {}", f.target, f.line);
+    }
+    println!(
+        "{} targets in {:.0} s (build included)",
+        figures.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if figures.is_empty() {
+        bail!("no fuzz target matched {filter:?}");
+    }
+    if !status.success() {
+        bail!(
+            "a fuzz target failed ({status}); its input is saved under tracer/proptest-regressions/fuzz"
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Lab(cmd) => xtask::lab::run(cmd),
@@ -231,6 +314,7 @@ fn main() -> Result<()> {
             cargo(&["build", "-p", "tracer"])?;
             xtask::demo::run()
         }
+        Command::Fuzz { cases, target } => fuzz(cases, target.as_deref()),
         Command::Lint => lint(),
         Command::Image {
             arch,

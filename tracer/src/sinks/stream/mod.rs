@@ -817,15 +817,21 @@ async fn read_request(
         Ok(Ok(0)) => return Ok(None),
         Ok(Ok(_)) => {}
     }
+    parse_request(&buf).map(Some)
+}
+
+/// Parses one request line as a client sent it (bytes, possibly with its newline): an empty
+/// line is the default request; anything else must be a [`Request`] in JSON.
+pub fn parse_request(buf: &[u8]) -> Result<Request, String> {
     if buf.len() > MAX_REQUEST_BYTES {
         return Err(format!(
             "request line longer than {MAX_REQUEST_BYTES} bytes"
         ));
     }
-    let text = std::str::from_utf8(&buf).map_err(|_| "request is not UTF-8".to_owned())?;
+    let text = std::str::from_utf8(buf).map_err(|_| "request is not UTF-8".to_owned())?;
     let text = text.trim();
     if text.is_empty() {
-        return Ok(Some(Request::default()));
+        return Ok(Request::default());
     }
     serde_json::from_str(text).map_err(|err| format!("bad request: {err}"))
 }
