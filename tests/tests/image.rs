@@ -119,7 +119,8 @@ fn image_runs_as_the_daemonset_and_answers() {
         .clone();
     let mut container =
         Container::start(&img.tag, &spec, "tracer-image-test").expect("podman run starts");
-    let url = format!("http://127.0.0.1:{}{}", probe.port, probe.path);
+    // The DaemonSet binds its listeners to the node's IP (HOST_IP), as the kubelet probes it.
+    let url = format!("http://{}:{}{}", lab::NODE_A_IP, probe.port, probe.path);
     wait_ready(&mut container, &url, Duration::from_secs(60));
 
     let name = "kubernetes.default.svc.cluster.local";
