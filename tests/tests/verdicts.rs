@@ -379,3 +379,74 @@ fn row10_nxdomain_is_an_answer() {
     assert_eq!(v["verdict"], "answered", "{v:#}");
     assert_eq!(v["dns"]["rcode"], "NXDOMAIN");
 }
+
+/// A query that enters the client pod's veth with a source address that is not the client's
+/// (here the branch-ENI pod's address, added to the client's interface) is not attributed to
+/// the pod that owns the address: `client.pod` stays empty, `client.veth_pod` names the pod
+/// whose veth it came through, the hint says so and /metrics counts it.
+#[test]
+fn spoofed_source_is_not_attributed_to_the_address_owner() {
+    if !privileged() {
+        return;
+    }
+    let metrics = "127.0.0.1:9469";
+    let (guard, tracer) = lab_with_tracer(
+        lab::Pin::A,
+        &[],
+        &[
+            "--window",
+            WINDOW,
+            "--answered",
+            "flows",
+            "--lab-metadata",
+            "/run/tracer-lab/topology.json",
+            "--metrics-addr",
+            metrics,
+        ],
+    );
+    let topo = guard.topology().clone();
+    let client = topo.pod("default", "client").expect("client").clone();
+    let sg = topo.pod("default", "sg-client").expect("sg-client").clone();
+    let spoofed = sg.ip.to_string();
+    lab::exec_in(
+        &client.netns,
+        &["ip", "addr", "add", &format!("{spoofed}/32"), "dev", "eth0"],
+    )
+    .expect("address added");
+    dig(
+        &client.netns,
+        &["-b", &spoofed, "@198.19.0.10", "spoof.lab.tracer"],
+    );
+    let v = tracer
+        .wait_for(VERDICT_WAIT, |v| {
+            v["schema"] == "tracer.flow/v1" && v["dns"]["qname"] == "spoof.lab.tracer"
+        })
+        .unwrap_or_else(|| panic!("no verdict: {}", tracer.stderr()));
+    assert_eq!(v["client"]["ip"], spoofed.as_str(), "{v:#}");
+    assert_eq!(v["client"]["veth_pod"], "default/client", "{v:#}");
+    assert!(v["client"]["pod"].is_null(), "not sg-client's: {v:#}");
+    let hint = v["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("is not pod default/client's") && hint.contains("not attributed"),
+        "{hint}"
+    );
+    let out = lab::exec_in(
+        lab::NS_NODE_A,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            &format!("http://{metrics}/metrics"),
+        ],
+    )
+    .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("tracer_source_mismatch_total ") && !l.ends_with(" 0")),
+        "counted:\n{text}"
+    );
+    drop(tracer);
+    drop(guard);
+}

@@ -213,11 +213,17 @@ pub fn parse_ip<R: PacketReader>(r: &R, l3: u32, ethertype: u16) -> Option<Parse
         }
         IPPROTO_TCP => {
             let tcp: TcpHead = r.read(h.l4)?;
+            // A data offset below 5 words is not a TCP header (the stack drops it); taken as
+            // is, the header itself would be read as payload (found by the fuzz tests).
+            let words = u32::from(tcp.doff >> 4);
+            if words < 5 {
+                return None;
+            }
             (
                 be16(tcp.sport),
                 be16(tcp.dport),
                 tcp.flags,
-                h.l4 + u32::from(tcp.doff >> 4) * 4,
+                h.l4 + words * 4,
             )
         }
         // ICMP: type in tcp_flags, code in sport.

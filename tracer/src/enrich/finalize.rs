@@ -10,7 +10,7 @@ use crate::{
     decode::event::IfaceKind,
     enrich::{MetaCache, PodMeta as KubePod},
     verdict::{
-        PodMeta, Verdict,
+        ClientSide, PodMeta, Verdict,
         summary::{Summary, SummaryEndpoint},
     },
 };
@@ -56,10 +56,26 @@ fn annotate(v: &mut Verdict, meta: &MetaCache) {
     let state = meta.state();
     v.enrichment = Some(state.as_str().to_owned());
     if !matches!(state, crate::enrich::CacheState::Disabled) {
-        let client = meta.pod_by_ip(v.client.ip);
+        // A request that entered through a pod's veth with a source address that is not that
+        // pod's belongs to no one we can name: never to the address's owner.
+        let entered = (v.facts.client_side == ClientSide::Pod)
+            .then_some(v.facts.first_iface.as_deref())
+            .flatten()
+            .and_then(|ifname| meta.pod_by_host_veth(ifname))
+            .filter(|p| !p.host_network && !p.ips.is_empty() && !p.ips.contains(&v.client.ip));
+        let client = match &entered {
+            Some(p) => {
+                v.client.veth_pod = Some(format!("{}/{}", p.namespace, p.name));
+                v.client.meta.node = p.node.clone();
+                None
+            }
+            None => meta.pod_by_ip(v.client.ip),
+        };
         if let Some(p) = &client {
             v.client.meta = names(p);
-        } else if let Some(node) = meta.node_by_ip(v.client.ip) {
+        } else if entered.is_none()
+            && let Some(node) = meta.node_by_ip(v.client.ip)
+        {
             v.client.meta.node = Some(node);
         }
         if let Some(p) = meta

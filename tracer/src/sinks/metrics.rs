@@ -178,6 +178,7 @@ struct Inner {
     peer_findings: Family<PeerLabels, Counter>,
     peer_server: Family<CounterLabels, Counter>,
     peer_stats: Mutex<Option<Arc<crate::peer::server::ServerStats>>>,
+    source_mismatch: Counter,
 }
 
 /// The daemon's metrics. Cheap to clone; every clone is the same set.
@@ -322,6 +323,12 @@ impl Metrics {
             "Verdicts lost beyond this node that went out with a peer's finding (cross-node verdicts), by finding and, for unknown, the reason",
             peer_findings.clone(),
         );
+        let source_mismatch = Counter::default();
+        registry.register(
+            "source_mismatch",
+            "Flows whose request entered a pod's veth with a source address that is not that pod's (spoofed or misconfigured): attributed to no pod",
+            source_mismatch.clone(),
+        );
         let peer_server = Family::<CounterLabels, Counter>::default();
         registry.register(
             "peer_service",
@@ -367,6 +374,7 @@ impl Metrics {
                 peer_findings,
                 peer_server,
                 peer_stats: Mutex::new(None),
+                source_mismatch,
             }),
         }
     }
@@ -401,6 +409,9 @@ impl Metrics {
         use crate::sinks::Output;
         match out {
             Output::Verdict(v) => {
+                if v.client.veth_pod.is_some() {
+                    self.inner.source_mismatch.inc();
+                }
                 if let Some(p) = &v.peer {
                     self.inner
                         .peer_findings

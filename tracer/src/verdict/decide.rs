@@ -788,6 +788,7 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
             ip: flow.client_ip,
             port: pa.port,
             meta: PodMeta::default(),
+            veth_pod: None,
         },
         server: Server {
             ip: server_addr.ip(),

@@ -660,6 +660,13 @@ pub fn render(v: &Verdict) -> String {
         VerdictKind::Unknown => unknown(v),
     };
     let mut out = s;
+    if let Some(pod) = &v.client.veth_pod {
+        out = format!(
+            "{}; the source address {} is not pod {pod}'s, whose veth it entered through (a spoofed source or a misconfigured pod): not attributed to any pod",
+            out.trim_end_matches('.'),
+            v.client.ip
+        );
+    }
     if let Some(first) = out.get(..1)
         && first != "`"
     {

@@ -109,6 +109,8 @@ pub use model::{
     Server, Stage, Transport, Verdict, VerdictKind, Where,
 };
 
+pub(crate) use model::ClientSide;
+
 /// Default [`Config::max_flows`].
 pub const DEFAULT_MAX_FLOWS: usize = 65_536;
 

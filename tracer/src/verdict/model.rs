@@ -330,6 +330,10 @@ pub struct Client {
     /// Kubernetes identity.
     #[serde(flatten)]
     pub meta: PodMeta,
+    /// The pod (`namespace/name`) whose veth the request entered through, when the source
+    /// address is not one of that pod's (spoofed, or a misconfigured pod): the flow is then not
+    /// attributed to whoever owns the address. Filled by enrichment.
+    pub veth_pod: Option<String>,
 }
 
 /// The server side of a flow (post-DNAT: the pod actually reached).
