@@ -14,20 +14,6 @@ use tracer_tests::{TracerProcess, lab, privileged};
 const LOAD_S: u64 = 6;
 const STOP_S: u64 = 3;
 
-/// A number from the last `counters` line of the tracer's stderr.
-fn counter(stderr: &str, name: &str) -> u64 {
-    let last = stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("counters"))
-        .unwrap_or_default();
-    last.split(&format!("\"{name}\":"))
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn overloaded_ring_and_stopped_daemon_give_no_false_verdict() {
     if !privileged() {
@@ -128,7 +114,7 @@ fn overloaded_ring_and_stopped_daemon_give_no_false_verdict() {
     let stderr = tracer.stderr();
     let lost: u64 = ["tc_ringbuf_full", "drop_ringbuf_full", "dns_ringbuf_full"]
         .iter()
-        .map(|n| counter(&stderr, n))
+        .map(|n| xtask::bench::counter(&stderr, n))
         .sum();
     assert!(
         lost > 0,

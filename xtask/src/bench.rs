@@ -106,7 +106,7 @@ struct OnWindow {
 }
 
 /// A number from the last `counters` line of the tracer's stderr (first occurrence of `name`).
-fn counter(stderr: &str, name: &str) -> u64 {
+pub fn counter(stderr: &str, name: &str) -> u64 {
     let last = stderr
         .lines()
         .rev()

@@ -451,21 +451,7 @@ impl Capture {
 
     /// One counter ([`tracer_common::counter`]) summed over CPUs: one system call.
     pub fn counter(&self, idx: u32) -> Result<u64, CaptureError> {
-        let map = self
-            .ebpf
-            .map("COUNTERS")
-            .ok_or(CaptureError::Missing("COUNTERS"))?;
-        let arr: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| CaptureError::Map {
-                name: "COUNTERS",
-                source,
-            })?;
-        arr.get(&idx, 0)
-            .map(|v| v.iter().sum())
-            .map_err(|source| CaptureError::Map {
-                name: "COUNTERS",
-                source,
-            })
+        self.counter_per_cpu(idx).map(|v| v.iter().sum())
     }
 
     /// Sums the per-CPU counters.

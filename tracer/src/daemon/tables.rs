@@ -358,8 +358,8 @@ impl KernelTables {
             };
             self.stats.summaries_read += 1;
             let (Ok(client), Ok(server)) = (
-                crate::decode::record::addr(k.ip_version, k.client),
-                crate::decode::record::addr(k.ip_version, k.server),
+                crate::decode::addr(k.ip_version, k.client),
+                crate::decode::addr(k.ip_version, k.server),
             ) else {
                 continue;
             };

@@ -93,11 +93,32 @@ pub fn read_record(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) })
 }
 
-fn addr(version: u8, raw: [u8; 16]) -> Result<IpAddr, DecodeError> {
+/// An address from its 16-byte wire slot (IPv4 in the first 4 bytes).
+pub fn addr(version: u8, raw: [u8; 16]) -> Result<IpAddr, DecodeError> {
     match version {
         4 => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
         6 => Ok(IpAddr::V6(Ipv6Addr::from(raw))),
         v => Err(DecodeError::IpVersion(v)),
+    }
+}
+
+/// The interface of a sighting: a device of another namespace (a pod's, seen by the drop
+/// program) is named by namespace and index, since its index means nothing here.
+fn iface_of(ifaces: &IfaceTable, ifindex: u32, drop_netns: Option<u32>, own_netns: u32) -> Iface {
+    match drop_netns {
+        Some(ns) if ns != 0 && ns != own_netns => Iface {
+            ifindex,
+            name: format!("netns{ns}:if{ifindex}"),
+            kind: IfaceKind::Other,
+            vlan: None,
+        },
+        _ if ifindex == 0 => Iface {
+            ifindex: 0,
+            name: "-".into(),
+            kind: IfaceKind::Other,
+            vlan: None,
+        },
+        _ => ifaces.lookup(ifindex),
     }
 }
 
@@ -125,24 +146,12 @@ pub fn decode(
             p => return Err(DecodeError::Proto(p)),
         }
     };
-    let iface = if ev_hook == Hook::Drop && raw.netns != 0 && raw.netns != own_netns {
-        // The device belongs to another namespace (a pod's): its index means nothing here.
-        Iface {
-            ifindex: h.ifindex,
-            name: format!("netns{}:if{}", raw.netns, h.ifindex),
-            kind: IfaceKind::Other,
-            vlan: None,
-        }
-    } else if h.ifindex == 0 {
-        Iface {
-            ifindex: 0,
-            name: "-".into(),
-            kind: IfaceKind::Other,
-            vlan: None,
-        }
-    } else {
-        ifaces.lookup(h.ifindex)
-    };
+    let iface = iface_of(
+        ifaces,
+        h.ifindex,
+        (ev_hook == Hook::Drop).then_some(raw.netns),
+        own_netns,
+    );
     let dns = if raw.flags & flags::DNS != 0 {
         let len = usize::from(raw.dns_len).min(raw.dns.len());
         raw.dns.get(..len).and_then(|b| dns::parse(b).ok())

@@ -3,7 +3,7 @@
 //! sightings were, so the correlator treats a query handed over whole exactly like one reported
 //! packet by packet.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use tracer_common::{
     DnsEntry, DnsKey, DnsRecord as RawDnsRecord, dns_flags, dns_state, dns_why, hook, hop_form,
@@ -11,10 +11,8 @@ use tracer_common::{
 };
 
 use super::{
-    DecodeError, Symbols,
-    event::{
-        DnsInfo, DropInfo, Hook, IcmpKind, Iface, IfaceKind, PacketEvent, Proto, QType, Rcode,
-    },
+    DecodeError, Symbols, addr,
+    event::{DnsInfo, DropInfo, Hook, IcmpKind, PacketEvent, Proto, QType, Rcode},
 };
 use crate::capture::iface::IfaceTable;
 
@@ -110,15 +108,6 @@ pub struct DnsFlowRecord {
     pub events: Vec<PacketEvent>,
 }
 
-/// An address from its 16-byte wire slot (IPv4 in the first 4 bytes).
-pub fn addr(version: u8, raw: [u8; 16]) -> Result<IpAddr, DecodeError> {
-    match version {
-        4 => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
-        6 => Ok(IpAddr::V6(Ipv6Addr::from(raw))),
-        v => Err(DecodeError::IpVersion(v)),
-    }
-}
-
 /// The question's name and type from the entry's wire copy (None where it was cut).
 fn question(e: &DnsEntry) -> (Option<String>, Option<QType>) {
     let len = usize::from(e.qlen).min(e.question.len());
@@ -212,23 +201,12 @@ pub fn decode_entry(
         } else {
             (client, key.port, far, far_port)
         };
-        let iface = if ev_hook == Hook::Drop && e.drop_netns != 0 && e.drop_netns != own_netns {
-            Iface {
-                ifindex: hop.ifindex,
-                name: format!("netns{}:if{}", e.drop_netns, hop.ifindex),
-                kind: IfaceKind::Other,
-                vlan: None,
-            }
-        } else if hop.ifindex == 0 {
-            Iface {
-                ifindex: 0,
-                name: "-".into(),
-                kind: IfaceKind::Other,
-                vlan: None,
-            }
-        } else {
-            ifaces.lookup(hop.ifindex)
-        };
+        let iface = super::iface_of(
+            ifaces,
+            hop.ifindex,
+            (ev_hook == Hook::Drop).then_some(e.drop_netns),
+            own_netns,
+        );
         let answer = response && !is_icmp;
         let dns = DnsInfo {
             id: key.id,

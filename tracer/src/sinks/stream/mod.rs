@@ -1481,8 +1481,11 @@ mod tests {
         }
         let took = start.elapsed();
         publisher.await.expect("publisher");
+        // Getting every line while the other client reads nothing is the proof; the bound
+        // only turns a hub that waits on the stalled client (it would wait forever) into a
+        // failure on a loaded machine, so it is generous.
         assert!(
-            took < Duration::from_secs(5),
+            took < Duration::from_secs(60),
             "fast client served in {took:?}"
         );
         // The stalled client is still connected and far behind: its writes are blocked.
