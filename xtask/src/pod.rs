@@ -685,7 +685,7 @@ mod tests {
             spec.readiness,
             Some(HttpProbe {
                 path: "/readyz".into(),
-                port: 9090
+                port: 9091
             })
         );
         assert_eq!(spec.grace, Duration::from_secs(30));
