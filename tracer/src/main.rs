@@ -7,8 +7,6 @@ mod decode;
 #[cfg(any(test, feature = "devtools"))]
 mod devtools;
 mod enrich;
-#[cfg(test)]
-mod fuzz;
 mod observe;
 mod peer;
 mod sinks;

@@ -767,7 +767,7 @@ mod tests {
                 Arc::new(serde_json::from_str(line).expect("json")),
             );
         }
-        let listener = stream::bind(&path).expect("bind");
+        let listener = stream::socket::bind(&path).expect("bind");
         let task = tokio::spawn(listener.run(hub.clone(), ObserveStats::default()));
         let sock = path.to_str().expect("utf8");
         let style = Layout::table(None, false);

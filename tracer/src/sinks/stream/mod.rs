@@ -23,12 +23,14 @@
 //! bounded broadcast channel and returns. Each client has its own task; one that reads too
 //! slowly lags the channel and is told how much it missed; one that stops reading altogether is
 //! disconnected after [`WRITE_TIMEOUT`].
+//!
+//! Here: the [`Hub`], its history and the [`Request`] format. The socket (binding, the accept
+//! loop, who may connect) is in [`socket`], one client's connection (reading and parsing its
+//! request, sending history and following) in [`client`], the "never seen" name checks in
+//! [`seen`].
 
 use std::{
-    collections::{BTreeSet, HashSet, VecDeque},
-    io::ErrorKind,
-    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
+    collections::VecDeque,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -37,17 +39,19 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
-    sync::broadcast::{self, error::RecvError, error::TryRecvError},
-};
+use serde_json::Value;
+use tokio::sync::broadcast;
 
+pub mod client;
 pub mod filter;
+mod seen;
 pub mod selector;
+pub mod socket;
 
-use self::filter::{Filter, Selection, node_matches, side, split_pod};
+pub use socket::serve;
+
+use self::filter::{Filter, Selection};
+use self::seen::Seen;
 
 /// Default path of the live-stream socket.
 pub const DEFAULT_SOCKET: &str = "/run/tracer/tracer.sock";
@@ -92,188 +96,6 @@ struct History {
     verdicts: VecDeque<Arc<Entry>>,
     events: VecDeque<Arc<Entry>>,
     seen: Seen,
-}
-
-/// Distinct names of one kind, bounded by [`MAX_SEEN_NAMES`].
-#[derive(Debug, Default)]
-struct NameSet {
-    names: HashSet<String>,
-    /// A name was not remembered: absence no longer proves anything.
-    full: bool,
-}
-
-impl NameSet {
-    fn note(&mut self, name: &str) {
-        if self.names.contains(name) {
-            return;
-        }
-        if self.names.len() >= MAX_SEEN_NAMES {
-            self.full = true;
-            return;
-        }
-        self.names.insert(name.to_owned());
-    }
-
-    /// Whether any remembered name satisfies `pred`; `true` when the set overflowed (unknown).
-    fn any(&self, pred: impl FnMut(&String) -> bool) -> bool {
-        self.full || self.names.iter().any(pred)
-    }
-
-    /// Up to [`SEEN_LISTED`] names, sorted, and how many more there are.
-    fn listing(&self) -> String {
-        let sorted: BTreeSet<&String> = self.names.iter().collect();
-        let mut out = sorted
-            .iter()
-            .take(SEEN_LISTED)
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        if sorted.len() > SEEN_LISTED {
-            out.push_str(&format!(" and {} more", sorted.len() - SEEN_LISTED));
-        }
-        if out.is_empty() {
-            out.push_str("none");
-        }
-        out
-    }
-}
-
-/// Names the published verdicts carried since start: what a filter can be checked against.
-#[derive(Debug, Default)]
-struct Seen {
-    verdicts: u64,
-    namespaces: NameSet,
-    /// `ns/name`, or `name` when the namespace is not known.
-    pods: NameSet,
-    nodes: NameSet,
-    services: NameSet,
-}
-
-impl Seen {
-    fn note(&mut self, v: &Value) {
-        self.verdicts += 1;
-        for prefix in ["client", "server"] {
-            let (ns, pod) = side(v, prefix);
-            if let Some(ns) = ns {
-                self.namespaces.note(ns);
-            }
-            match (ns, pod) {
-                (Some(ns), Some(pod)) => self.pods.note(&format!("{ns}/{pod}")),
-                (None, Some(pod)) => self.pods.note(pod),
-                _ => {}
-            }
-            if let Some(node) = crate::sinks::json::str_at(v, &format!("{prefix}.node")) {
-                self.nodes.note(node);
-            }
-        }
-        if let Some(node) = crate::sinks::json::str_at(v, "node") {
-            self.nodes.note(node);
-        }
-        if let Some(svc) = crate::sinks::json::str_at(v, "server.service") {
-            if let Some((ns, _)) = svc.split_once('/') {
-                self.namespaces.note(ns);
-            }
-            self.services.note(svc);
-        }
-    }
-
-    /// One warning per filter value no verdict has named so far (nothing when no verdict was
-    /// published yet: there is nothing to compare with).
-    fn warnings(&self, filters: &[(&Filter, bool)], uptime: Duration) -> Vec<String> {
-        if self.verdicts == 0 {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        let since = format!(
-            "no verdict since tracer run started ({} ago)",
-            short_duration(uptime)
-        );
-        for (f, negated) in filters {
-            let flag = |name: &str| {
-                if *negated {
-                    format!("--not --{name}")
-                } else {
-                    format!("--{name}")
-                }
-            };
-            for (name, values) in [
-                ("namespace", &f.namespace),
-                ("from-namespace", &f.from_namespace),
-                ("to-namespace", &f.to_namespace),
-            ] {
-                for want in values {
-                    let want = want.trim();
-                    if !self.namespaces.any(|n| n == want) {
-                        out.push(format!(
-                            "{} {want:?}: {since} names this namespace; namespaces seen: {}",
-                            flag(name),
-                            self.namespaces.listing()
-                        ));
-                    }
-                }
-            }
-            for (name, values) in [
-                ("pod", &f.pod),
-                ("from-pod", &f.from_pod),
-                ("to-pod", &f.to_pod),
-            ] {
-                for want in values {
-                    let (want_ns, want_name) = split_pod(want.trim());
-                    let known = self.pods.any(|p| {
-                        let (ns, name) = split_pod(p);
-                        name.starts_with(&want_name)
-                            && want_ns.as_ref().is_none_or(|w| ns.as_ref() == Some(w))
-                    });
-                    if !known {
-                        out.push(format!(
-                            "{} {:?}: {since} names a pod starting with this; pods seen: {}",
-                            flag(name),
-                            want.trim(),
-                            self.pods.listing()
-                        ));
-                    }
-                }
-            }
-            for want in &f.node {
-                let want = want.trim();
-                if !self.nodes.any(|n| node_matches(want, n)) {
-                    out.push(format!(
-                        "{} {want:?}: {since} names this node (full or short name); nodes \
-                         seen: {}",
-                        flag("node"),
-                        self.nodes.listing()
-                    ));
-                }
-            }
-            for want in &f.service {
-                let want = want.trim();
-                let known = self.services.any(|s| {
-                    s == want
-                        || (!want.contains('/')
-                            && s.split_once('/').is_some_and(|(_, n)| n == want))
-                });
-                if !known {
-                    out.push(format!(
-                        "{} {want:?}: {since} went through this Service; Services seen: {}",
-                        flag("service"),
-                        self.services.listing()
-                    ));
-                }
-            }
-        }
-        out
-    }
-}
-
-/// `45s`, `12m`, `3h20m`, `2d4h`.
-fn short_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
-    }
 }
 
 #[derive(Debug)]
@@ -544,7 +366,8 @@ pub struct StatsSnapshot {
     pub bad_requests: u64,
     /// Clients refused because [`MAX_CLIENTS`] were connected.
     pub refused: u64,
-    /// Clients refused because their uid is neither 0 nor the daemon's ([`peer_allowed`]).
+    /// Clients refused because their uid is neither 0 nor the daemon's
+    /// ([`socket::peer_allowed`]).
     pub denied: u64,
     /// Clients disconnected because their socket accepted nothing for [`WRITE_TIMEOUT`].
     pub stalled: u64,
@@ -567,433 +390,21 @@ impl ObserveStats {
     }
 }
 
-/// Why the socket could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The path exists and is not a socket: refuse to replace it.
-    #[error("{} exists and is not a socket: refusing to replace it", path.display())]
-    NotASocket {
-        /// The path.
-        path: PathBuf,
-    },
-    /// Another process answers on the socket.
-    #[error("{} is in use: is another `tracer run` serving on it?", path.display())]
-    InUse {
-        /// The path.
-        path: PathBuf,
-    },
-    /// The path has no file name or parent directory.
-    #[error("bad socket path {}", path.display())]
-    BadPath {
-        /// The path.
-        path: PathBuf,
-    },
-    /// A file system or socket call failed.
-    #[error("{what} {}", path.display())]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
-    let path = path.to_path_buf();
-    move |source| ServeError::Io { what, path, source }
-}
-
-/// Removes the socket file when the server stops, if it is still ours.
-#[derive(Debug)]
-struct SocketGuard {
-    path: PathBuf,
-    ino: u64,
-}
-
-impl Drop for SocketGuard {
-    fn drop(&mut self) {
-        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// A bound live-stream socket, not yet serving. Dropping it removes the socket file.
-#[derive(Debug)]
-pub struct ObserveListener {
-    listener: UnixListener,
-    _guard: SocketGuard,
-}
-
-/// Binds the socket at `path`: creates the parent directory (mode 0700) when missing, replaces
-/// a stale socket (one nobody answers on), refuses a path that is not a socket or a socket in
-/// use. The socket is created with mode 0600 in a private directory and renamed into place, so
-/// it is never reachable with looser permissions. Must run inside a tokio runtime.
-pub fn bind(path: &Path) -> Result<ObserveListener, ServeError> {
-    let bad = || ServeError::BadPath {
-        path: path.to_path_buf(),
-    };
-    let name = path.file_name().ok_or_else(bad)?;
-    let parent = match path.parent() {
-        Some(p) if p.as_os_str().is_empty() => Path::new("."),
-        Some(p) => p,
-        None => return Err(bad()),
-    };
-    if !parent.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(io_err("creating the directory of", path))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(ServeError::InUse {
-                    path: path.to_path_buf(),
-                });
-            }
-            std::fs::remove_file(path).map_err(io_err("removing the stale socket", path))?;
-        }
-        Ok(_) => {
-            return Err(ServeError::NotASocket {
-                path: path.to_path_buf(),
-            });
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("inspecting", path)(e)),
-    }
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp_dir = parent.join(tmp_name);
-    let _ = std::fs::remove_dir_all(&tmp_dir);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&tmp_dir)
-        .map_err(io_err("creating a private directory beside", path))?;
-    let tmp_sock = tmp_dir.join("s");
-    let result = (|| {
-        let listener = UnixListener::bind(&tmp_sock).map_err(io_err("binding", path))?;
-        std::fs::set_permissions(&tmp_sock, std::fs::Permissions::from_mode(0o600))
-            .map_err(io_err("setting the mode of", path))?;
-        std::fs::rename(&tmp_sock, path).map_err(io_err("moving the socket to", path))?;
-        let ino = std::fs::symlink_metadata(path)
-            .map_err(io_err("inspecting", path))?
-            .ino();
-        Ok(ObserveListener {
-            listener,
-            _guard: SocketGuard {
-                path: path.to_path_buf(),
-                ino,
-            },
-        })
-    })();
-    let _ = std::fs::remove_dir_all(&tmp_dir);
-    result
-}
-
-impl ObserveListener {
-    /// Accepts clients until the future is dropped; then every client connection is closed and
-    /// the socket file removed. Accept errors (e.g. out of file descriptors) are logged and
-    /// retried; they do not end the server.
-    pub async fn run(self, hub: Hub, stats: ObserveStats) {
-        // SAFETY: geteuid has no preconditions.
-        let own_uid = unsafe { libc::geteuid() };
-        // Client tasks live in this set: dropping the server ends them all.
-        let mut clients = tokio::task::JoinSet::new();
-        loop {
-            let accepted = tokio::select! {
-                accepted = self.listener.accept() => accepted,
-                Some(_) = clients.join_next(), if !clients.is_empty() => continue,
-            };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(%err, "observe socket: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            match stream.peer_cred().map(|c| c.uid()) {
-                Ok(uid) if peer_allowed(uid, own_uid) => {}
-                peer => {
-                    stats.inner.denied.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(?peer, "observe socket: client uid not allowed");
-                    if let (Ok(uid), true) = (peer, clients.len() < MAX_CLIENTS) {
-                        clients.spawn(deny(stream, uid, own_uid));
-                    }
-                    continue;
-                }
-            }
-            if clients.len() >= MAX_CLIENTS {
-                stats.inner.refused.fetch_add(1, Ordering::Relaxed);
-                clients.spawn(refuse(stream));
-                continue;
-            }
-            let (hub, stats) = (hub.clone(), stats.clone());
-            clients.spawn(async move { serve_client(stream, &hub, &stats).await });
-        }
-    }
-}
-
-/// Binds `path` now (see [`bind`]; errors fail start-up) and returns the server: a future that
-/// serves clients until dropped, to spawn. Dropping it closes every client stream and removes
-/// the socket file.
-pub fn serve(
-    path: &Path,
-    hub: Hub,
-    stats: ObserveStats,
-) -> Result<impl Future<Output = ()> + Send + 'static, ServeError> {
-    Ok(bind(path)?.run(hub, stats))
-}
-
-/// Whether a client running as `peer_uid` may read the stream of a daemon running as
-/// `own_uid`: root, or the daemon's own user (an unprivileged daemon, e.g. in tests).
-pub fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
-    peer_uid == 0 || peer_uid == own_uid
-}
-
-async fn deny(mut stream: UnixStream, uid: u32, own_uid: u32) {
-    let who = if own_uid == 0 {
-        "root only".to_owned()
-    } else {
-        format!("root or uid {own_uid} only")
-    };
-    let line = error_line(&format!(
-        "permission denied: uid {uid} may not read the observe stream ({who}); run tracer \
-         observe as root, e.g. kubectl exec into the tracer pod"
-    ));
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(line.as_bytes())).await;
-}
-
-async fn refuse(mut stream: UnixStream) {
-    let line = error_line(&format!(
-        "too many observe clients (at most {MAX_CLIENTS}); try again later"
-    ));
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(line.as_bytes())).await;
-}
-
-fn error_line(message: &str) -> String {
-    let mut s = json!({"type": "error", "message": message}).to_string();
-    s.push('\n');
-    s
-}
-
-fn warning_line(message: &str) -> String {
-    let mut s = json!({"type": "warning", "message": message}).to_string();
-    s.push('\n');
-    s
-}
-
-fn notice_line(skipped: u64) -> String {
-    let mut s = json!({
-        "type": "notice",
-        "skipped": skipped,
-        "message": format!("this client fell behind: {skipped} lines skipped"),
-    })
-    .to_string();
-    s.push('\n');
-    s
-}
-
-/// Reads the request line: `Ok(None)` when the client hung up without one.
-async fn read_request(
-    rd: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-) -> Result<Option<Request>, String> {
-    let mut buf = Vec::new();
-    let limit = u64::try_from(MAX_REQUEST_BYTES).unwrap_or(u64::MAX);
-    let read = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        (&mut *rd).take(limit + 1).read_until(b'\n', &mut buf),
-    )
-    .await;
-    match read {
-        Err(_) => return Err(format!("no request line within {REQUEST_TIMEOUT:?}")),
-        Ok(Err(err)) => return Err(format!("reading the request: {err}")),
-        Ok(Ok(0)) => return Ok(None),
-        Ok(Ok(_)) => {}
-    }
-    parse_request(&buf).map(Some)
-}
-
-/// Parses one request line as a client sent it (bytes, possibly with its newline): an empty
-/// line is the default request; anything else must be a [`Request`] in JSON.
-pub fn parse_request(buf: &[u8]) -> Result<Request, String> {
-    if buf.len() > MAX_REQUEST_BYTES {
-        return Err(format!(
-            "request line longer than {MAX_REQUEST_BYTES} bytes"
-        ));
-    }
-    let text = std::str::from_utf8(buf).map_err(|_| "request is not UTF-8".to_owned())?;
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(Request::default());
-    }
-    serde_json::from_str(text).map_err(|err| format!("bad request: {err}"))
-}
-
-/// Writes `buf` within [`WRITE_TIMEOUT`]; false when the client is gone or stalled.
-async fn write_out(wr: &mut OwnedWriteHalf, buf: &[u8], stats: &ObserveStats) -> bool {
-    match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(buf)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
-            stats.inner.stalled.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("observe client stalled: disconnected");
-            false
-        }
-    }
-}
-
-/// Decrements a gauge when dropped (the client task may end at any await).
-struct Decrement<'a>(&'a AtomicU64);
-
-impl Drop for Decrement<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Decrements the hub's count of event subscribers when dropped.
-struct EventClient<'a>(&'a AtomicUsize);
-
-impl Drop for EventClient<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-async fn serve_client(stream: UnixStream, hub: &Hub, stats: &ObserveStats) {
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
-    let request = match read_request(&mut rd).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(message) => {
-            stats.inner.bad_requests.fetch_add(1, Ordering::Relaxed);
-            let _ = write_out(&mut wr, error_line(&message).as_bytes(), stats).await;
-            return;
-        }
-    };
-    let compiled = Selection::compile(&request.filter, &request.not)
-        .map_err(|e| e.to_string())
-        .and_then(|selection| {
-            let since = request
-                .since
-                .as_deref()
-                .map(|s| {
-                    s.parse::<jiff::Timestamp>()
-                        .map_err(|e| format!("bad since {s:?}: {e}"))
-                })
-                .transpose()?;
-            Ok((selection, since))
-        });
-    let (selection, since) = match compiled {
-        Ok(c) => c,
-        Err(message) => {
-            stats.inner.bad_requests.fetch_add(1, Ordering::Relaxed);
-            let _ = write_out(&mut wr, error_line(&message).as_bytes(), stats).await;
-            return;
-        }
-    };
-    let warnings: String = hub
-        .unseen_warnings(&request)
-        .iter()
-        .map(|w| warning_line(w))
-        .collect();
-    if !warnings.is_empty() && !write_out(&mut wr, warnings.as_bytes(), stats).await {
-        return;
-    }
-    let _event_client = request.events.then(|| {
-        hub.inner.event_clients.fetch_add(1, Ordering::Relaxed);
-        EventClient(&hub.inner.event_clients)
-    });
-    let (history, mut rx) = hub.subscribe(request.last, &selection, since, request.events);
-    stats.inner.clients.fetch_add(1, Ordering::Relaxed);
-    stats.inner.clients_total.fetch_add(1, Ordering::Relaxed);
-    let _connected = Decrement(&stats.inner.clients);
-
-    let mut buf = Vec::new();
-    for chunk in history.chunks(BATCH_LINES) {
-        buf.clear();
-        for e in chunk {
-            push_line(&mut buf, e, request.stamp);
-        }
-        if !write_out(&mut wr, &buf, stats).await {
-            return;
-        }
-        stats
-            .inner
-            .lines_sent
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-    }
-    if !request.follow {
-        let _ = wr.shutdown().await;
-        return;
-    }
-
-    let wanted = |e: &Entry| (request.events || !e.event) && selection.matches(&e.value);
-    let mut scratch = [0u8; 256];
-    loop {
-        buf.clear();
-        let mut lines = 0u64;
-        tokio::select! {
-            got = rx.recv() => {
-                let mut first = Some(match got {
-                    Ok(e) => Ok(e),
-                    Err(RecvError::Lagged(n)) => Err(n),
-                    Err(RecvError::Closed) => return,
-                });
-                // Drain what is already queued into one write (at most BATCH_LINES; the rest
-                // stays queued for the next round, nothing fetched is dropped).
-                for _ in 0..BATCH_LINES {
-                    let next = match first.take() {
-                        Some(n) => n,
-                        None => match rx.try_recv() {
-                            Ok(e) => Ok(e),
-                            Err(TryRecvError::Lagged(n)) => Err(n),
-                            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                        },
-                    };
-                    match next {
-                        Ok(e) => {
-                            if wanted(&e) {
-                                push_line(&mut buf, &e, request.stamp);
-                                lines += 1;
-                            }
-                        }
-                        Err(n) => {
-                            stats.inner.lines_skipped.fetch_add(n, Ordering::Relaxed);
-                            buf.extend_from_slice(notice_line(n).as_bytes());
-                        }
-                    }
-                }
-            }
-            read = rd.read(&mut scratch) => {
-                // The client sends nothing after its request: EOF or an error means it is gone.
-                match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                }
-            }
-        }
-        if !buf.is_empty() {
-            if !write_out(&mut wr, &buf, stats).await {
-                return;
-            }
-            stats.inner.lines_sent.fetch_add(lines, Ordering::Relaxed);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::seen::{NameSet, short_duration};
+    use super::socket::{ServeError, bind, peer_allowed};
     use super::*;
-    use std::time::Instant;
+    use serde_json::json;
+    use std::{
+        os::unix::fs::PermissionsExt as _,
+        path::{Path, PathBuf},
+        time::Instant,
+    };
+    use tokio::{
+        io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+        net::{UnixStream, unix::OwnedWriteHalf},
+    };
 
     fn verdict(i: usize, ns: &str, verdict: &str) -> Value {
         json!({"schema": "tracer.flow/v1", "kind": "dns", "i": i, "verdict": verdict,

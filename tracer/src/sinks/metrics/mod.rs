@@ -16,50 +16,31 @@
 //! Label values come from the daemon's own enumerations; each is still cut to
 //! [`MAX_LABEL_LEN`] and the verdict and kind labels are folded to `other` when unknown, so a
 //! malformed record cannot create unbounded series.
+//!
+//! The metric families and their registration are in [`registry`], the HTTP listeners in
+//! [`http`]; the recording and setting methods of [`Metrics`] are here.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::sync::{Arc, PoisonError, atomic::Ordering};
 
-use anyhow::Context as _;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
-};
+use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
-use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::sinks::stream::{ObserveStats, filter};
+use crate::sinks::stream::ObserveStats;
+
+mod http;
+mod registry;
+
+pub use http::{serve, serve_health};
+
+use http::HEARTBEAT_MAX;
+
+use registry::{
+    CounterLabels, IfaceCounterLabels, Inner, KINDS, PEER_SERVICE_COUNTERS, PeerLabels,
+    RcodeLabels, ResultLabels, ServerLabels, StateLabels, VERDICTS, VerdictLabels, replica_label,
+};
 
 /// Longest label value kept (longer ones are cut).
 pub const MAX_LABEL_LEN: usize = 64;
-/// Most HTTP connections served at once.
-pub const MAX_HTTP_CONNECTIONS: usize = 32;
-/// How long a client may take to send its request headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest an HTTP connection may stay open.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
-/// Most connections the health listener ([`serve_health`]) serves at once: its own slots,
-/// which metrics clients cannot take.
-pub const MAX_HEALTH_CONNECTIONS: usize = 8;
-/// How long a client of the health listener may take to send its request headers (a probe
-/// sends them at once; the kubelet's probe timeout is a few seconds).
-pub const HEALTH_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest a connection to the health listener may stay open.
-pub const HEALTH_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Kernel counter names (`tracer_kernel_events_total{counter=...}`): the fields of
 /// `capture::Counters`, as the `counters` log line prints them.
@@ -87,99 +68,6 @@ pub const USER_COUNTERS: [&str; 4] = [
 
 /// Kubernetes cache states reported by `tracer_k8s_cache_state`.
 pub const CACHE_STATES: [&str; 5] = ["disabled", "static", "syncing", "ready", "stale"];
-
-const VERDICTS: [&str; 7] = filter::VERDICTS;
-const KINDS: [&str; 2] = ["dns", "egress"];
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VerdictLabels {
-    verdict: String,
-    kind: String,
-    reason: String,
-    interface_kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RcodeLabels {
-    server: String,
-    rcode: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServerLabels {
-    server: String,
-}
-
-/// Counters of the peer service (`tracer_peer_service_total{counter}`).
-const PEER_SERVICE_COUNTERS: [&str; 5] = ["requests", "asks", "refused", "bad_requests", "busy"];
-
-/// `namespace/pod` of a replica, else its address.
-fn replica_label(m: &crate::verdict::PodMeta, ip: std::net::IpAddr) -> String {
-    match (&m.namespace, &m.pod) {
-        (Some(ns), Some(p)) => format!("{ns}/{p}"),
-        _ => ip.to_string(),
-    }
-}
-
-/// Upper bounds of the DNS latency histogram, seconds (0.25 ms … 8 s).
-fn latency_buckets() -> impl Iterator<Item = f64> {
-    prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 16)
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CounterLabels {
-    counter: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IfaceCounterLabels {
-    interface: String,
-    counter: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PeerLabels {
-    finding: String,
-    reason: String,
-}
-
-#[derive(Debug)]
-struct Inner {
-    registry: Registry,
-    verdicts: Family<VerdictLabels, Counter>,
-    kernel: Family<CounterLabels, Counter>,
-    user: Family<CounterLabels, Counter>,
-    conntrack: Family<CounterLabels, Counter>,
-    ena: Family<IfaceCounterLabels, Counter>,
-    attached: Gauge,
-    attach: Family<ResultLabels, Counter>,
-    observe_clients: Gauge,
-    observe_skipped: Counter,
-    cache_state: Family<StateLabels, Gauge>,
-    cache_current: Mutex<Option<String>>,
-    flows_open: Gauge,
-    flows_evicted: Counter,
-    dns_answers: Family<RcodeLabels, Counter>,
-    dns_latency: Family<ServerLabels, Histogram, fn() -> Histogram>,
-    ready: AtomicBool,
-    /// When the daemon's main loop last went round (`CLOCK_MONOTONIC` s; 0 before the first).
-    heartbeat: AtomicU64,
-    observe_stats: Mutex<Option<ObserveStats>>,
-    peer_findings: Family<PeerLabels, Counter>,
-    peer_server: Family<CounterLabels, Counter>,
-    peer_stats: Mutex<Option<Arc<crate::peer::server::ServerStats>>>,
-    source_mismatch: Counter,
-}
 
 /// The daemon's metrics. Cheap to clone; every clone is the same set.
 #[derive(Clone, Debug)]
@@ -231,154 +119,6 @@ fn known_or_other(value: &str, known: &[&str]) -> String {
 }
 
 impl Metrics {
-    /// Registers every metric (names prefixed `tracer_`). Kernel and userspace counters start
-    /// at zero for each known name, so dashboards see the series before the first event.
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tracer");
-        let verdicts = Family::<VerdictLabels, Counter>::default();
-        registry.register(
-            "verdicts",
-            "Verdicts emitted, by verdict, kind, drop reason and interface kind of the last observation point",
-            verdicts.clone(),
-        );
-        let kernel = Family::<CounterLabels, Counter>::default();
-        registry.register(
-            "kernel_events",
-            "Kernel-side counters of the eBPF programs (summed over CPUs)",
-            kernel.clone(),
-        );
-        let user = Family::<CounterLabels, Counter>::default();
-        registry.register(
-            "userspace_events",
-            "Userspace counters: records decoded, decode errors, drops outside this node, write errors",
-            user.clone(),
-        );
-        let conntrack = Family::<CounterLabels, Counter>::default();
-        registry.register(
-            "conntrack",
-            "The node's conntrack statistics (/proc/net/stat/nf_conntrack, summed over CPUs): insert_failed and drop reveal the DNS A/AAAA insert race behind 5 s timeouts",
-            conntrack.clone(),
-        );
-        let ena = Family::<IfaceCounterLabels, Counter>::default();
-        registry.register(
-            "ena_allowance_exceeded",
-            "ENA packets dropped by the hypervisor over an ENI allowance (ethtool -S *_allowance_exceeded), by interface",
-            ena.clone(),
-        );
-        let attached = Gauge::default();
-        registry.register(
-            "attached_interfaces",
-            "Interfaces with the tc programs attached now",
-            attached.clone(),
-        );
-        let attach = Family::<ResultLabels, Counter>::default();
-        registry.register("attach", "Attach attempts, by result", attach.clone());
-        let observe_clients = Gauge::default();
-        registry.register(
-            "observe_clients",
-            "tracer observe clients connected now",
-            observe_clients.clone(),
-        );
-        let observe_skipped = Counter::default();
-        registry.register(
-            "observe_skipped",
-            "Lines skipped for tracer observe clients that fell behind",
-            observe_skipped.clone(),
-        );
-        let cache_state = Family::<StateLabels, Gauge>::default();
-        registry.register(
-            "k8s_cache_state",
-            "Kubernetes metadata cache state (1 for the current state)",
-            cache_state.clone(),
-        );
-        let flows_open = Gauge::default();
-        registry.register(
-            "flows_open",
-            "Flows open in the correlation table",
-            flows_open.clone(),
-        );
-        let flows_evicted = Counter::default();
-        registry.register(
-            "flows_evicted",
-            "Flows evicted from the full correlation table before their window closed",
-            flows_evicted.clone(),
-        );
-        let dns_answers = Family::<RcodeLabels, Counter>::default();
-        registry.register(
-            "dns_answers",
-            "DNS answers delivered to clients, per server (replica) and response code",
-            dns_answers.clone(),
-        );
-        let dns_latency: Family<ServerLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(|| Histogram::new(latency_buckets()));
-        registry.register_with_unit(
-            "dns_latency",
-            "Latency of delivered DNS answers (query seen to answer delivered), per server",
-            prometheus_client::registry::Unit::Seconds,
-            dns_latency.clone(),
-        );
-        let peer_findings = Family::<PeerLabels, Counter>::default();
-        registry.register(
-            "peer_findings",
-            "Verdicts lost beyond this node that went out with a peer's finding (cross-node verdicts), by finding and, for unknown, the reason",
-            peer_findings.clone(),
-        );
-        let source_mismatch = Counter::default();
-        registry.register(
-            "source_mismatch",
-            "Flows whose request entered a pod's veth with a source address that is not that pod's (spoofed or misconfigured): attributed to no pod",
-            source_mismatch.clone(),
-        );
-        let peer_server = Family::<CounterLabels, Counter>::default();
-        registry.register(
-            "peer_service",
-            "The peer service's counts: requests and asks answered, handshakes refused, bad requests, asks answered busy",
-            peer_server.clone(),
-        );
-        for name in KERNEL_COUNTERS {
-            let _ = kernel.get_or_create(&CounterLabels {
-                counter: name.to_owned(),
-            });
-        }
-        for name in USER_COUNTERS {
-            let _ = user.get_or_create(&CounterLabels {
-                counter: name.to_owned(),
-            });
-        }
-        for result in ["ok", "error"] {
-            let _ = attach.get_or_create(&ResultLabels {
-                result: result.to_owned(),
-            });
-        }
-        Self {
-            inner: Arc::new(Inner {
-                registry,
-                verdicts,
-                kernel,
-                user,
-                conntrack,
-                ena,
-                attached,
-                attach,
-                observe_clients,
-                observe_skipped,
-                cache_state,
-                cache_current: Mutex::new(None),
-                flows_open,
-                flows_evicted,
-                dns_answers,
-                dns_latency,
-                ready: AtomicBool::new(false),
-                heartbeat: AtomicU64::new(0),
-                observe_stats: Mutex::new(None),
-                peer_findings,
-                peer_server,
-                peer_stats: Mutex::new(None),
-                source_mismatch,
-            }),
-        }
-    }
-
     /// Reads the peer service's counts at every scrape.
     pub fn track_peer(&self, stats: Arc<crate::peer::server::ServerStats>) {
         for f in crate::verdict::PeerFinding::ALL {
@@ -693,184 +433,19 @@ impl Metrics {
         }
         out
     }
-
-    fn respond(&self, req: &Request<Incoming>, endpoints: Endpoints) -> Response<Full<Bytes>> {
-        let reply = |status: StatusCode, ctype: &'static str, body: Bytes| {
-            let mut resp = Response::new(Full::new(body));
-            *resp.status_mut() = status;
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(ctype),
-            );
-            resp
-        };
-        const TEXT: &str = "text/plain; charset=utf-8";
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                TEXT,
-                Bytes::from_static(b"only GET\n"),
-            );
-        }
-        match req.uri().path() {
-            "/metrics" if endpoints == Endpoints::Health => reply(
-                StatusCode::NOT_FOUND,
-                TEXT,
-                Bytes::from_static(
-                    b"not found: this listener serves /healthz and /readyz; /metrics is on \
-                      --metrics-addr\n",
-                ),
-            ),
-            "/metrics" => reply(StatusCode::OK, CONTENT_TYPE, Bytes::from(self.render())),
-            "/healthz" if self.is_alive(monotonic_s()) => {
-                reply(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n"))
-            }
-            "/healthz" => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                TEXT,
-                Bytes::from_static(b"stalled: the main loop has not gone round recently\n"),
-            ),
-            "/readyz" if self.is_ready() => {
-                reply(StatusCode::OK, TEXT, Bytes::from_static(b"ready\n"))
-            }
-            "/readyz" => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                TEXT,
-                Bytes::from_static(b"not ready: programs not attached yet\n"),
-            ),
-            _ => reply(
-                StatusCode::NOT_FOUND,
-                TEXT,
-                Bytes::from_static(b"not found: try /metrics, /healthz, /readyz\n"),
-            ),
-        }
-    }
-}
-
-/// `/healthz` fails when the daemon's main loop has not gone round for this long.
-pub const HEARTBEAT_MAX: Duration = Duration::from_secs(30);
-
-/// `CLOCK_MONOTONIC` in whole seconds.
-pub fn monotonic_s() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0)
-}
-
-/// What one listener serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoints {
-    /// `/metrics`, `/healthz`, `/readyz` (`--metrics-addr`).
-    All,
-    /// `/healthz` and `/readyz` only (`--health-addr`).
-    Health,
-}
-
-/// Limits of one listener.
-#[derive(Clone, Copy, Debug)]
-struct Limits {
-    endpoints: Endpoints,
-    what: &'static str,
-    connections: usize,
-    header_timeout: Duration,
-    connection_timeout: Duration,
-}
-
-const METRICS_LIMITS: Limits = Limits {
-    endpoints: Endpoints::All,
-    what: "metrics endpoint",
-    connections: MAX_HTTP_CONNECTIONS,
-    header_timeout: HEADER_TIMEOUT,
-    connection_timeout: CONNECTION_TIMEOUT,
-};
-
-const HEALTH_LIMITS: Limits = Limits {
-    endpoints: Endpoints::Health,
-    what: "health endpoint",
-    connections: MAX_HEALTH_CONNECTIONS,
-    header_timeout: HEALTH_HEADER_TIMEOUT,
-    connection_timeout: HEALTH_CONNECTION_TIMEOUT,
-};
-
-/// Binds `addr` now (so a taken port fails start-up) and returns the server: a future that
-/// serves the endpoints until dropped, to spawn. Connection errors are logged per connection.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Metrics,
-) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics endpoint {addr} (--metrics-addr)"))?;
-    Ok(serve_listener(listener, metrics))
-}
-
-/// Binds `addr` now (so a taken port fails start-up) and returns the health server: `/healthz`
-/// and `/readyz` only, on their own [`MAX_HEALTH_CONNECTIONS`] slots, until dropped.
-pub async fn serve_health(
-    addr: SocketAddr,
-    metrics: Metrics,
-) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the health endpoint {addr} (--health-addr)"))?;
-    Ok(serve_health_listener(listener, metrics))
-}
-
-/// Serves the endpoints on a bound listener until the future is dropped.
-pub async fn serve_listener(listener: TcpListener, metrics: Metrics) {
-    serve_with(listener, metrics, METRICS_LIMITS).await;
-}
-
-/// Serves `/healthz` and `/readyz` on a bound listener until the future is dropped.
-pub async fn serve_health_listener(listener: TcpListener, metrics: Metrics) {
-    serve_with(listener, metrics, HEALTH_LIMITS).await;
-}
-
-async fn serve_with(listener: TcpListener, metrics: Metrics, limits: Limits) {
-    let slots = Arc::new(Semaphore::new(limits.connections));
-    let what = limits.what;
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(err) => {
-                tracing::warn!(%err, "{what}: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::debug!(%peer, "{what}: too many connections, closing one");
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let resp = metrics.respond(&req, limits.endpoints);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(limits.connection_timeout, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::debug!(%peer, %err, "{what} connection"),
-                Err(_) => tracing::debug!(%peer, "{what} connection timed out"),
-            }
-        });
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::http::{
+        HEALTH_HEADER_TIMEOUT, MAX_HEALTH_CONNECTIONS, MAX_HTTP_CONNECTIONS, monotonic_s,
+        serve_health_listener, serve_listener,
+    };
     use super::*;
     use serde_json::json;
+    use std::{net::SocketAddr, time::Duration};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
 
     fn lines(text: &str) -> Vec<&str> {
         text.lines().filter(|l| !l.starts_with('#')).collect()

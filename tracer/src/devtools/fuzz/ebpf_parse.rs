@@ -16,7 +16,7 @@ use super::{check, target};
     unreachable_pub,
     reason = "the eBPF parser as it is: items the programs use beyond parse_ip"
 )]
-#[path = "../../../tracer-ebpf/src/parse.rs"]
+#[path = "../../../../tracer-ebpf/src/parse.rs"]
 mod ebpf;
 
 use ebpf::{

@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 
 use super::{any_text, check, target};
 use crate::sinks::stream::{
+    client::parse_request,
     filter::{Filter, MAX_VALUE_LEN, MAX_VALUES_PER_FLAG, Selection, glob_match, side},
-    parse_request,
     selector::Selector,
 };
 

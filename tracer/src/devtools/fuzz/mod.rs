@@ -7,7 +7,7 @@
 //! | [`decode`] | `decode::{decode_record, read_record, decode}`, `decode::record::{read_dns_record, decode_dns, decode_entry}` | ring-buffer records |
 //! | [`dns`] | `decode::dns::parse` | DNS messages (copied from packets) |
 //! | [`ebpf_parse`] | `tracer-ebpf/src/parse.rs` (`parse_ip`), compiled for the host | packets |
-//! | [`stream`] | `sinks::stream::{parse_request, filter, selector}` | `tracer observe` socket requests |
+//! | [`stream`] | `sinks::stream::{client::parse_request, filter, selector}` | `tracer observe` socket requests |
 //! | [`enrich`] | `enrich::parse_pod_eni` | the `vpc.amazonaws.com/pod-eni` annotation |
 //! | [`kernel`] | `capture::kernel::{ksyms, btf}` | `/proc/kallsyms`, kernel BTF |
 //! | [`signals`] | `capture::signals::conntrack` | `/proc/net/stat/nf_conntrack` |
@@ -162,7 +162,7 @@ macro_rules! target {
         $(#[$meta])*
         #[test]
         fn $name() {
-            $crate::fuzz::run(
+            $crate::devtools::fuzz::run(
                 stringify!($name),
                 concat!(
                     env!("CARGO_MANIFEST_DIR"),
@@ -170,14 +170,14 @@ macro_rules! target {
                     stringify!($name),
                     ".txt"
                 ),
-                $crate::fuzz::cases($cost, $min),
+                $crate::devtools::fuzz::cases($cost, $min),
                 $strategy,
                 $test,
             );
         }
     };
     ($(#[$meta:meta])* $name:ident, $strategy:expr, $test:expr $(,)?) => {
-        $crate::fuzz::target!($(#[$meta])* $name, cost = 1, min = 1, $strategy, $test);
+        $crate::devtools::fuzz::target!($(#[$meta])* $name, cost = 1, min = 1, $strategy, $test);
     };
 }
 pub(crate) use target;
