@@ -439,6 +439,8 @@ fn observe_against_the_lab() {
         &[
             "--window",
             "2s",
+            "--answered",
+            "flows",
             "--socket",
             SOCKET,
             "--lab-metadata",
