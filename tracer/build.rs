@@ -88,7 +88,7 @@ fn main() -> anyhow::Result<()> {
         .as_str()
         .to_owned();
     // The eBPF crate needs -Z build-std=core. The pinned toolchain is a stable release, so
-    // aya-build is told to use unstable flags through RUSTC_BOOTSTRAP (TOOLCHAIN.md, way (a)).
+    // aya-build is told to use unstable flags through RUSTC_BOOTSTRAP.
     // SAFETY: build scripts are single-threaded at this point.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
     let toolchain = std::env::var("TRACER_EBPF_TOOLCHAIN").unwrap_or_else(|_| "1.98.0".into());

@@ -1,4 +1,4 @@
-//! Verdicts, one test per row of the failure catalogue (DESIGN.md): the lab is broken in a
+//! Verdicts, one test per row of the failure catalogue (README, "Reading a verdict" and "The lab"): the lab is broken in a
 //! known way, a pod queries kube-dns (or connects out), and the tracer in node A must print the
 //! stated verdict JSON — verdict, where, drop reason, egress interface.
 

@@ -1,4 +1,4 @@
-//! The failure catalogue's switches (DESIGN.md, "Failure catalogue") and the kube-dns pin.
+//! The failure catalogue's switches (README, "The lab") and the kube-dns pin.
 //!
 //! Every switch is idempotent and its state is read back from the system itself (iptables chains,
 //! routes, sysctls, process states), so `status` tells the truth even after a crash.
@@ -81,7 +81,7 @@ impl Failure {
         Failure::SnatPlain,
     ];
 
-    /// The number in DESIGN.md's failure catalogue (for a variant, the row it varies; 1 for a
+    /// The number in the failure catalogue (README, "The lab") (for a variant, the row it varies; 1 for a
     /// variant of the healthy lab).
     pub fn catalogue_number(self) -> u8 {
         match self {

@@ -1,6 +1,6 @@
 //! The network lab: a miniature EKS VPC built from network namespaces on one machine.
 //!
-//! Shape (see DESIGN.md "The lab" and [`topology()`]): a VPC router namespace (`trl-vpc`) that
+//! Shape (see the README, "The lab", and [`topology()`]): a VPC router namespace (`trl-vpc`) that
 //! routes per-ENI and holds security-group / NACL stand-ins; node A (`trl-node-a`, where the
 //! tracer runs) with VPC-CNI-style pods (veth names from sha1, 169.254.1.1 gateway, a strict-mode
 //! branch-ENI pod with policy routing), kube-proxy-shaped DNAT of the kube-dns ClusterIP and VPC
