@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use tracer_common::programs;
+
 pub use xtask::lab;
 pub use xtask::tracer::TracerProcess;
 
@@ -80,22 +82,6 @@ pub fn dig(ns: &str, args: &[&str]) -> String {
 /// Default wait for an expected line.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// Names of the tracer's kernel programs (this version's and earlier ones').
-pub const OUR_PROGRAMS: [&str; 12] = [
-    "tc_pod_in",
-    "tc_pod_out",
-    "tc_uplink_in",
-    "tc_uplink_out",
-    "tc_other_in",
-    "tc_other_out",
-    "tc_empty",
-    "kfree_skb",
-    "tc_in",
-    "tc_out",
-    "tc_in_track",
-    "tc_out_track",
-];
-
 /// The tracer's programs loaded in the kernel now (`bpftool -j prog show`).
 pub fn our_programs() -> Vec<serde_json::Value> {
     let out = std::process::Command::new("bpftool")
@@ -107,7 +93,7 @@ pub fn our_programs() -> Vec<serde_json::Value> {
         .filter(|p| {
             p["name"]
                 .as_str()
-                .is_some_and(|n| OUR_PROGRAMS.contains(&n))
+                .is_some_and(|n| n == programs::KFREE_SKB || programs::TC.contains(&n))
         })
         .collect()
 }

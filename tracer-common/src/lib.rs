@@ -5,6 +5,30 @@
 //! use `bool` or an enum: userspace converts them with `TryFrom` and counts values it does not know.
 #![no_std]
 
+#[cfg(feature = "naming")]
+pub mod naming;
+
+/// Names of the tracer's kernel programs, as the kernel lists them (`bpftool prog show`).
+pub mod programs {
+    /// tc programs of this and earlier versions of the tracer: a clsact filter with one of these
+    /// names that the running tracer did not attach was left by a killed predecessor.
+    pub const TC: [&str; 11] = [
+        "tc_pod_in",
+        "tc_pod_out",
+        "tc_uplink_in",
+        "tc_uplink_out",
+        "tc_other_in",
+        "tc_other_out",
+        "tc_empty",
+        "tc_in",
+        "tc_out",
+        "tc_in_track",
+        "tc_out_track",
+    ];
+    /// The `skb:kfree_skb` tracepoint program.
+    pub const KFREE_SKB: &str = "kfree_skb";
+}
+
 /// Kind of a ring-buffer record ([`EventHeader::kind`]).
 pub mod kind {
     /// A packet seen by a tc program ([`crate::PacketEvent`]).

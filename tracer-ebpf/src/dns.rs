@@ -636,6 +636,16 @@ fn ledger(e: &DnsEntry, key: &DnsKey, out_ifindex: u32, now: u64, per_cpu: u32) 
     }
 }
 
+/// The entry of `key` when the kernel summarises its query (it is not streamed to userspace
+/// packet by packet); `None` sends the event to userspace as a plain record.
+#[inline(always)]
+fn summarised(key: &DnsKey) -> Option<&'static mut DnsEntry> {
+    let e = DNS_TABLE.get_ptr_mut(key)?;
+    // SAFETY: a value of a no-prealloc hash map stays valid for the program's run.
+    let e = unsafe { &mut *e };
+    (e.state != dns_state::STREAMING).then_some(e)
+}
+
 /// An ICMP error quoting UDP DNS query `q` (whose header `r` can read), seen at a tc hook.
 /// `icmp` is type << 8 | code, `proto` the ICMP protocol.
 #[inline(always)]
@@ -646,14 +656,9 @@ pub fn on_icmp<R: PacketReader>(r: &R, q: &Parsed, at: At, icmp: u16, proto: u8)
     if m.response {
         return Outcome::Report;
     }
-    let Some(e) = DNS_TABLE.get_ptr_mut(&m.key) else {
+    let Some(e) = summarised(&m.key) else {
         return Outcome::Report;
     };
-    // SAFETY: a value of a no-prealloc hash map stays valid for the program's run.
-    let e = unsafe { &mut *e };
-    if e.state == dns_state::STREAMING {
-        return Outcome::Report;
-    }
     let now = now_ns();
     let form = hop_form::ICMP | hop_form::RESPONSE | server_form(e, &q.daddr, q.dport);
     add_hop(
@@ -687,14 +692,9 @@ pub fn on_drop<R: PacketReader>(
     let Some(m) = msg(r, p) else {
         return Outcome::Report;
     };
-    let Some(e) = DNS_TABLE.get_ptr_mut(&m.key) else {
+    let Some(e) = summarised(&m.key) else {
         return Outcome::Report;
     };
-    // SAFETY: a value of a no-prealloc hash map stays valid for the program's run.
-    let e = unsafe { &mut *e };
-    if e.state == dns_state::STREAMING {
-        return Outcome::Report;
-    }
     let now = now_ns();
     let form = if m.response {
         hop_form::DROP | hop_form::RESPONSE | server_form(e, &p.saddr, p.sport)

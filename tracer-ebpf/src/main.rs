@@ -23,13 +23,4 @@ mod maps;
 mod parse;
 mod tc;
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: eBPF programs cannot panic; the verifier rejects any path that would reach here.
-    unsafe { core::hint::unreachable_unchecked() }
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+tracer_ebpf::program_runtime!();

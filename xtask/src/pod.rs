@@ -17,7 +17,7 @@
 )]
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex},
@@ -27,6 +27,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
+
+use crate::tracer::collect_stderr;
 
 /// Global podman flags used for every podman call here: runc as the runtime (crun, podman's
 /// default, fails with "cgroups in hybrid mode not supported"; no system configuration is
@@ -457,7 +459,6 @@ impl Container {
             .spawn()
             .context("spawning podman run")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
         if let Some(out) = child.stdout.take() {
             let lines = Arc::clone(&lines);
             thread::spawn(move || {
@@ -467,20 +468,7 @@ impl Container {
                 }
             });
         }
-        if let Some(mut err) = child.stderr.take() {
-            let stderr = Arc::clone(&stderr);
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    if let (Ok(mut s), Some(chunk)) = (stderr.lock(), buf.get(..n)) {
-                        s.push_str(&String::from_utf8_lossy(chunk));
-                    }
-                }
-            });
-        }
+        let stderr = collect_stderr(&mut child);
         Ok(Self {
             name: name.to_owned(),
             child,

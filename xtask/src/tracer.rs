@@ -12,6 +12,26 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
+/// Everything `child` writes to stderr, collected by a thread as it arrives (the pipe never fills).
+pub(crate) fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    if let Some(mut err) = child.stderr.take() {
+        let stderr = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let (Ok(mut s), Some(chunk)) = (stderr.lock(), buf.get(..n)) {
+                    s.push_str(&String::from_utf8_lossy(chunk));
+                }
+            }
+        });
+    }
+    stderr
+}
+
 /// Path of the tracer binary: `$TRACER_BIN`, else `target/debug/tracer` of this workspace.
 pub fn tracer_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TRACER_BIN") {
@@ -67,7 +87,6 @@ impl TracerProcess {
             .with_context(|| format!("spawning {}", bin.display()))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let raw_lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
         if let Some(out) = child.stdout.take() {
             let lines = Arc::clone(&lines);
             let raw = Arc::clone(&raw_lines);
@@ -81,20 +100,7 @@ impl TracerProcess {
                 }
             });
         }
-        if let Some(mut err) = child.stderr.take() {
-            let stderr = Arc::clone(&stderr);
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    if let (Ok(mut s), Some(chunk)) = (stderr.lock(), buf.get(..n)) {
-                        s.push_str(&String::from_utf8_lossy(chunk));
-                    }
-                }
-            });
-        }
+        let stderr = collect_stderr(&mut child);
         let mut me = Self {
             child,
             lines,

@@ -112,21 +112,8 @@ pub const NETLINK_PRIORITY: u16 = 1;
 /// attach fail).
 pub const NETLINK_HANDLE: u32 = 0x7472_6163;
 
-/// Names of tc programs of this and earlier versions of the tracer: a clsact filter with one
-/// of these names that the running tracer did not attach was left by a killed predecessor.
-pub const OUR_PROGRAM_NAMES: [&str; 11] = [
-    "tc_pod_in",
-    "tc_pod_out",
-    "tc_uplink_in",
-    "tc_uplink_out",
-    "tc_other_in",
-    "tc_other_out",
-    "tc_empty",
-    "tc_in",
-    "tc_out",
-    "tc_in_track",
-    "tc_out_track",
-];
+/// Names of tc programs of this and earlier versions of the tracer.
+pub const OUR_PROGRAM_NAMES: [&str; 11] = tracer_common::programs::TC;
 
 /// Sizes and settings the kernel programs are loaded with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,7 +297,7 @@ impl Capture {
 
     /// Loads and attaches the skb:kfree_skb drop program (tp_btf).
     pub fn attach_drops(&mut self) -> Result<(), CaptureError> {
-        const NAME: &str = "kfree_skb";
+        const NAME: &str = tracer_common::programs::KFREE_SKB;
         let btf = Btf::from_sys_fs()?;
         let p: &mut BtfTracePoint = self
             .ebpf
@@ -430,17 +417,21 @@ impl Capture {
         })
     }
 
-    /// One counter ([`tracer_common::counter`]) per CPU: one system call.
-    pub fn counter_per_cpu(&self, idx: u32) -> Result<Vec<u64>, CaptureError> {
+    /// The per-CPU `COUNTERS` array.
+    fn counters_map(&self) -> Result<PerCpuArray<&MapData, u64>, CaptureError> {
         let map = self
             .ebpf
             .map("COUNTERS")
             .ok_or(CaptureError::Missing("COUNTERS"))?;
-        let arr: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| CaptureError::Map {
-                name: "COUNTERS",
-                source,
-            })?;
+        PerCpuArray::try_from(map).map_err(|source| CaptureError::Map {
+            name: "COUNTERS",
+            source,
+        })
+    }
+
+    /// One counter ([`tracer_common::counter`]) per CPU: one system call.
+    pub fn counter_per_cpu(&self, idx: u32) -> Result<Vec<u64>, CaptureError> {
+        let arr = self.counters_map()?;
         arr.get(&idx, 0)
             .map(|v| v.iter().copied().collect())
             .map_err(|source| CaptureError::Map {
@@ -456,15 +447,7 @@ impl Capture {
 
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> Result<Counters, CaptureError> {
-        let map = self
-            .ebpf
-            .map("COUNTERS")
-            .ok_or(CaptureError::Missing("COUNTERS"))?;
-        let arr: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| CaptureError::Map {
-                name: "COUNTERS",
-                source,
-            })?;
+        let arr = self.counters_map()?;
         let get = |i: u32| -> u64 { arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         let bss_seen = match self
             .ebpf

@@ -16,14 +16,13 @@ use k8s_openapi::{
 };
 use serde::Serialize;
 use serde_json::Value;
-use sha1::{Digest as _, Sha1};
 
 /// Pod annotation written by the VPC resource controller for security-groups-for-pods pods.
 pub const POD_ENI_ANNOTATION: &str = "vpc.amazonaws.com/pod-eni";
 /// VPC CNI's default host-side veth prefix (`AWS_VPC_K8S_CNI_VETHPREFIX`).
-pub const DEFAULT_VETH_PREFIX: &str = "eni";
+pub const DEFAULT_VETH_PREFIX: &str = tracer_common::naming::VETH_PREFIX_ENI;
 /// Host-side veth prefix of branch-ENI pods in strict enforcing mode.
-pub const BRANCH_VETH_PREFIX: &str = "vlan";
+pub const BRANCH_VETH_PREFIX: &str = tracer_common::naming::VETH_PREFIX_VLAN;
 /// Label EndpointSlices carry naming their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -230,18 +229,7 @@ impl DataWarnings {
     }
 }
 
-/// The VPC CNI host-side veth name of a pod: `prefix` + the first 11 hex characters of
-/// sha1("<namespace>.<pod name>"). Linux caps names at 15 bytes, so the prefix is at most 4.
-pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
-    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
-    let mut name = String::with_capacity(prefix.len() + 11);
-    name.push_str(prefix);
-    for b in digest.iter().take(6) {
-        name.push_str(&format!("{b:02x}"));
-    }
-    name.truncate(prefix.len() + 11);
-    name
-}
+pub use tracer_common::naming::host_veth_name;
 
 /// Why a `vpc.amazonaws.com/pod-eni` annotation was not (entirely) usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -659,26 +647,6 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use serde_json::json;
-
-    #[test]
-    fn veth_names_follow_vpc_cni_rule() {
-        // python3: hashlib.sha1(b"default.client").hexdigest()[:11]
-        assert_eq!(host_veth_name("eni", "default", "client"), "enia7a3e029a7b");
-        assert_eq!(
-            host_veth_name("eni", "kube-system", "coredns-a"),
-            "eni54dcd3d4f3b"
-        );
-        assert_eq!(
-            host_veth_name("vlan", "default", "sg-client"),
-            "vland65337fa1ab"
-        );
-        assert_eq!(
-            host_veth_name("eni", "kube-system", "coredns-b"),
-            "eni11edfe6a182"
-        );
-        assert_eq!(host_veth_name("", "a", "b").len(), 11);
-        assert!(host_veth_name("vlan", "very-long-namespace", "a-very-long-pod-name").len() <= 15);
-    }
 
     #[test]
     fn pod_eni_annotation_good() {

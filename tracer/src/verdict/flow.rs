@@ -16,7 +16,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::decode::event::{DropInfo, Hook, IcmpKind, Iface, IfaceKind, QType, Rcode, TcpFlags};
+use crate::decode::event::{
+    DropInfo, Hook, IcmpKind, Iface, IfaceKind, PacketEvent, QType, Rcode, TcpFlags,
+};
 
 use super::model::{ClientSide, Direction, FlowKind, Transport, VerdictKind};
 
@@ -179,6 +181,39 @@ pub enum Key {
         server: IpAddr,
         sport: u16,
     },
+}
+
+impl Key {
+    /// The egress tuple of `ev` as the client sent it ([`Key::Egress`]); `reply` reads `ev` as
+    /// a packet of the server (addresses and ports swapped).
+    pub fn egress(t: Transport, ev: &PacketEvent, reply: bool) -> Self {
+        let ((client, cport), (server, sport)) = ends(ev, reply);
+        Key::Egress {
+            t,
+            client,
+            cport,
+            server,
+            sport,
+        }
+    }
+
+    /// The egress tuple of `ev` without the client address ([`Key::EgressSnat`]); `reply` as in
+    /// [`Key::egress`].
+    pub fn egress_snat(t: Transport, ev: &PacketEvent, reply: bool) -> Self {
+        let ((_, cport), (server, sport)) = ends(ev, reply);
+        Key::EgressSnat {
+            t,
+            cport,
+            server,
+            sport,
+        }
+    }
+}
+
+/// (client, server) ends of `ev`: source first unless `ev` is a reply.
+fn ends(ev: &PacketEvent, reply: bool) -> ((IpAddr, u16), (IpAddr, u16)) {
+    let (src, dst) = ((ev.src, ev.sport), (ev.dst, ev.dport));
+    if reply { (dst, src) } else { (src, dst) }
 }
 
 /// Why an attempt exists.

@@ -16,20 +16,8 @@ impl Correlator {
         if let Some((fid, dir)) = self.find_egress(t, ev, flags) {
             return self.egress_into(fid, ev, dir, false);
         }
-        let fwd = Key::Egress {
-            t,
-            client: ev.src,
-            cport: ev.sport,
-            server: ev.dst,
-            sport: ev.dport,
-        };
-        let rev = Key::Egress {
-            t,
-            client: ev.dst,
-            cport: ev.dport,
-            server: ev.src,
-            sport: ev.sport,
-        };
+        let fwd = Key::egress(t, ev, false);
+        let rev = Key::egress(t, ev, true);
         if self.is_late(&fwd, ev.ts_ns, Direction::Request)
             || self.is_late(&rev, ev.ts_ns, Direction::Response)
         {
@@ -75,32 +63,10 @@ impl Correlator {
         ev: &PacketEvent,
         flags: TcpFlags,
     ) -> Option<(u64, Direction)> {
-        let fwd_full = Key::Egress {
-            t,
-            client: ev.src,
-            cport: ev.sport,
-            server: ev.dst,
-            sport: ev.dport,
-        };
-        let fwd_snat = Key::EgressSnat {
-            t,
-            cport: ev.sport,
-            server: ev.dst,
-            sport: ev.dport,
-        };
-        let rev_full = Key::Egress {
-            t,
-            client: ev.dst,
-            cport: ev.dport,
-            server: ev.src,
-            sport: ev.sport,
-        };
-        let rev_snat = Key::EgressSnat {
-            t,
-            cport: ev.dport,
-            server: ev.src,
-            sport: ev.sport,
-        };
+        let fwd_full = Key::egress(t, ev, false);
+        let fwd_snat = Key::egress_snat(t, ev, false);
+        let rev_full = Key::egress(t, ev, true);
+        let rev_snat = Key::egress_snat(t, ev, true);
         let syn = t == Transport::Tcp && flags.is_syn();
         let synack = t == Transport::Tcp && flags.is_synack();
         let at_pod = ev.iface.kind == IfaceKind::PodVeth && ev.hook != Hook::Drop;
@@ -145,26 +111,9 @@ impl Correlator {
                 .push(Attempt::new(AttemptKind::First, t, ev.sport, None, s.ts));
         }
         if !provisional {
-            self.index_insert(
-                fid,
-                Key::Egress {
-                    t,
-                    client: ev.src,
-                    cport: ev.sport,
-                    server: ev.dst,
-                    sport: ev.dport,
-                },
-            );
+            self.index_insert(fid, Key::egress(t, ev, false));
         }
-        self.index_insert(
-            fid,
-            Key::EgressSnat {
-                t,
-                cport: ev.sport,
-                server: ev.dst,
-                sport: ev.dport,
-            },
-        );
+        self.index_insert(fid, Key::egress_snat(t, ev, false));
         if let Some(m) = self.by_dst.get_mut(usize::from(provisional)) {
             m.entry((t, ev.dst, ev.dport)).or_default().push(fid);
         }
@@ -216,13 +165,7 @@ impl Correlator {
             if let Some(a) = flow.attempts.first_mut() {
                 a.port = ev.sport;
             }
-            attributed = Some(Key::Egress {
-                t,
-                client: ev.src,
-                cport: ev.sport,
-                server: ev.dst,
-                sport: ev.dport,
-            });
+            attributed = Some(Key::egress(t, ev, false));
         }
         let may_create = dir == Direction::Request
             && !quoted
@@ -249,15 +192,7 @@ impl Correlator {
         {
             // The tuple after SNAT, so the reply to the SNAT port finds the flow; and a SNATed
             // packet of another flow that was ambiguous until now may be resolved.
-            self.index_insert(
-                fid,
-                Key::EgressSnat {
-                    t,
-                    cport: ev.sport,
-                    server: ev.dst,
-                    sport: ev.dport,
-                },
-            );
+            self.index_insert(fid, Key::egress_snat(t, ev, false));
             if !self.flows.get(&fid).is_some_and(|f| f.provisional) {
                 let key = self.flows.get(&fid).and_then(|f| f.egress_dst);
                 self.unlist_nat(fid, key);

@@ -53,19 +53,8 @@ impl Correlator {
             return Routed::Done;
         }
         for t in [Transport::Tcp, Transport::Udp] {
-            let full = Key::Egress {
-                t,
-                client: ev.src,
-                cport: ev.sport,
-                server: ev.dst,
-                sport: ev.dport,
-            };
-            let snat = Key::EgressSnat {
-                t,
-                cport: ev.sport,
-                server: ev.dst,
-                sport: ev.dport,
-            };
+            let full = Key::egress(t, ev, false);
+            let snat = Key::egress_snat(t, ev, false);
             if let Some(&fid) = self.index.get(&full).or_else(|| self.index.get(&snat)) {
                 return self.egress_into(fid, ev, Direction::Response, true);
             }

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
-use sha1::{Digest, Sha1};
 
 mod describe;
 mod specs;
@@ -151,20 +150,7 @@ pub const VPC_POD_SG_CHAIN: &str = "TRL-VPC-POD-SG";
 /// VPC chain: network ACL on node A's subnet (failure 4).
 pub const VPC_NACL_CHAIN: &str = "TRL-VPC-NACL";
 
-/// VPC CNI's default host veth prefix.
-pub const VETH_PREFIX_ENI: &str = "eni";
-/// Host veth prefix of strict-mode branch-ENI pods.
-pub const VETH_PREFIX_VLAN: &str = "vlan";
-
-/// The VPC CNI host-side veth name of a pod: `prefix` + the first 11 hex characters of
-/// sha1("<namespace>.<pod name>").
-pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
-    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let mut name = String::from(prefix);
-    name.extend(hex.chars().take(11));
-    name
-}
+pub use tracer_common::naming::{VETH_PREFIX_ENI, VETH_PREFIX_VLAN, host_veth_name};
 
 /// A locally administered MAC the lab assigns (02:74:72 = "tr"), deterministic per link and side.
 pub(crate) fn lab_mac(link: u8, side: u8) -> String {
@@ -433,21 +419,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn veth_names_follow_vpc_cni_rule() {
-        // Expected values from python: hashlib.sha1(b"default.client").hexdigest()[:11] etc.
-        assert_eq!(host_veth_name("eni", "default", "client"), "enia7a3e029a7b");
-        assert_eq!(
-            host_veth_name("eni", "kube-system", "coredns-a"),
-            "eni54dcd3d4f3b"
-        );
-        assert_eq!(
-            host_veth_name("vlan", "default", "sg-client"),
-            "vland65337fa1ab"
-        );
-        assert_eq!(
-            host_veth_name("eni", "kube-system", "coredns-b"),
-            "eni11edfe6a182"
-        );
+    fn lab_veth_names_fit_linux() {
         // Linux interface names are at most 15 bytes.
         for p in &POD_SPECS {
             assert!(p.host_veth().len() <= 15, "{}", p.host_veth());
