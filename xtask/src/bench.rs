@@ -103,6 +103,36 @@ struct OnWindow {
     peak_rss_kib: u64,
     /// Records the kernel could not hand over (ring full, tables full).
     kernel_lost: u64,
+    /// Per program (name, runs, kernel time in ns) when the window ran with BPF statistics.
+    programs: Vec<(String, u64, u64)>,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Run count and run time of the tracer's programs loaded now (`bpftool -j prog show`; the
+/// kernel keeps them while `kernel.bpf_stats_enabled` is 1).
+fn program_stats() -> Result<Vec<(String, u64, u64)>> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .context("running bpftool prog show")?;
+    let all: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).context("bpftool prog show: not JSON")?;
+    Ok(all
+        .iter()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            let ours = name == tracer_common::programs::KFREE_SKB
+                || tracer_common::programs::TC.contains(&name);
+            ours.then(|| {
+                (
+                    name.to_owned(),
+                    p["run_cnt"].as_u64().unwrap_or(0),
+                    p["run_time_ns"].as_u64().unwrap_or(0),
+                )
+            })
+        })
+        .collect())
 }
 
 /// A number from the last `counters` line of the tracer's stderr (first occurrence of `name`).
@@ -122,7 +152,7 @@ pub fn counter(stderr: &str, name: &str) -> u64 {
 /// One tracer-on window: start the tracer, load for `seconds` (stopping the daemon for
 /// `stop_s` seconds in the middle when non-zero), stop it (its last summaries are flushed on
 /// exit), count what it printed.
-fn on_window(ns: &str, seconds: u32, stop_s: u64) -> Result<OnWindow> {
+fn on_window(ns: &str, seconds: u32, stop_s: u64, stats: bool) -> Result<OnWindow> {
     let mut tracer = TracerProcess::start(lab::NS_NODE_A, &["--stats-interval", "60s"])?;
     let pid = tracer.pid();
     let before = usage(pid).unwrap_or_default();
@@ -145,6 +175,7 @@ fn on_window(ns: &str, seconds: u32, stop_s: u64) -> Result<OnWindow> {
     }
     let wall = started.elapsed();
     let after = usage(pid).unwrap_or_default();
+    let programs = if stats { program_stats()? } else { Vec::new() };
     // Queries still open when dnsperf ended get their verdicts on exit.
     std::thread::sleep(Duration::from_millis(500));
     tracer.stop()?;
@@ -152,6 +183,7 @@ fn on_window(ns: &str, seconds: u32, stop_s: u64) -> Result<OnWindow> {
         cpu_s: (after.0 - before.0).max(0.0),
         wall_s: wall.as_secs_f64(),
         peak_rss_kib: after.1,
+        programs,
         ..OnWindow::default()
     };
     for v in tracer.lines() {
@@ -259,13 +291,23 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
             off.qps,
             off.completed
         );
-        let on = on_window(&client.netns, seconds, 0)?;
+        let on = on_window(&client.netns, seconds, 0, false)?;
         report(&format!("on {}", i + 1), &on)?;
         let on_qps = on.perf.as_ref().map_or(0.0, |p| p.qps);
         ratios.push(on_qps / off.qps.max(1.0));
     }
-    let stopped = on_window(&client.netns, seconds, 3)?;
+    let stopped = on_window(&client.netns, seconds, 3, false)?;
     report("on+stop", &stopped)?;
+
+    // Where the kernel time goes: one more on-window with BPF run-time statistics (they cost a
+    // clock read per run, so this window is not one of the pairs).
+    let was = fs::read_to_string(BPF_STATS).unwrap_or_default();
+    fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let timed = on_window(&client.netns, seconds, 0, true);
+    fs::write(BPF_STATS, if was.trim() == "1" { "1" } else { "0" })
+        .context("restoring kernel.bpf_stats_enabled")?;
+    let timed = timed?;
+    report("on+stats", &timed)?;
 
     // Idle: attached, no load.
     let tracer = TracerProcess::start(lab::NS_NODE_A, &["--stats-interval", "60s"])?;
@@ -300,5 +342,17 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
         "tracer under load: at most {worst_cpu:.1} % of one core, peak RSS {:.1} MiB; idle: {idle:.2} % of one core",
         worst_rss as f64 / 1024.0
     );
+    let completed = timed.perf.as_ref().map_or(0, |p| p.completed).max(1) as f64;
+    println!("kernel time per program in the on+stats window (kernel.bpf_stats_enabled):");
+    let mut per_query = 0.0;
+    for (name, runs, ns) in &timed.programs {
+        let avg = *ns as f64 / (*runs).max(1) as f64;
+        per_query += *ns as f64 / completed;
+        println!(
+            "  {name:<14} {runs:>10} runs {avg:>8.1} ns/run {:>6.2} runs/query",
+            *runs as f64 / completed
+        );
+    }
+    println!("  all programs: {per_query:.0} ns of kernel time per completed query");
     Ok(())
 }
