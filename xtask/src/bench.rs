@@ -345,7 +345,7 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
     let completed = timed.perf.as_ref().map_or(0, |p| p.completed).max(1) as f64;
     println!("kernel time per program in the on+stats window (kernel.bpf_stats_enabled):");
     let mut per_query = 0.0;
-    for (name, runs, ns) in &timed.programs {
+    for (name, runs, ns) in timed.programs.iter().filter(|p| p.1 > 0) {
         let avg = *ns as f64 / (*runs).max(1) as f64;
         per_query += *ns as f64 / completed;
         println!(

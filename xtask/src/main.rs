@@ -199,6 +199,17 @@ struct FuzzFigures {
     line: String,
 }
 
+/// The figures in a line of `cargo test` output: a fuzz target prints `fuzz: <target>: <figures>`,
+/// which libtest puts after its own `test <path> ... ` when tests run one at a time.
+fn fuzz_figures(line: &str) -> Option<FuzzFigures> {
+    let at = line.find("fuzz: fuzz_")?;
+    let (target, figs) = line.get(at + "fuzz: ".len()..)?.split_once(": ")?;
+    Some(FuzzFigures {
+        target: target.to_owned(),
+        line: figs.to_owned(),
+    })
+}
+
 /// `cargo xtask fuzz`: runs the `fuzz_*` tests one at a time with `cases` cases each and
 /// prints a table of their figures.
 fn fuzz(cases: u32, target: Option<&str>) -> Result<()> {
@@ -235,13 +246,8 @@ fn fuzz(cases: u32, target: Option<&str>) -> Result<()> {
         for line in BufReader::new(out).lines() {
             let line = line.context("reading cargo test output")?;
             println!("{line}");
-            if let Some(rest) = line.strip_prefix("fuzz: ")
-                && let Some((target, figs)) = rest.split_once(": ")
-            {
-                figures.push(FuzzFigures {
-                    target: target.to_owned(),
-                    line: figs.to_owned(),
-                });
+            if let Some(f) = fuzz_figures(&line) {
+                figures.push(f);
             }
         }
     }
@@ -361,5 +367,25 @@ fn print_image(image: &xtask::image::Image, took: std::time::Duration) {
             path.display(),
             mib(*size)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fuzz_figures;
+
+    #[test]
+    fn fuzz_figures_are_read_after_libtests_own_prefix() {
+        let line = "test devtools::fuzz::signals::fuzz_conntrack_tables ... fuzz: \
+                    fuzz_conntrack_tables: 1000000 cases in 37.03 s (37.0 us/case)";
+        let f = fuzz_figures(line).expect("figures");
+        assert_eq!(f.target, "fuzz_conntrack_tables");
+        assert_eq!(f.line, "1000000 cases in 37.03 s (37.0 us/case)");
+        let alone = "fuzz: fuzz_qname_globs: 256 cases in 0.01 s";
+        assert_eq!(
+            fuzz_figures(alone).map(|f| f.target).as_deref(),
+            Some("fuzz_qname_globs")
+        );
+        assert!(fuzz_figures("test devtools::fuzz::dns::fuzz_dns_random_bytes ... ok").is_none());
     }
 }
