@@ -8,6 +8,22 @@
 #[cfg(feature = "naming")]
 pub mod naming;
 
+/// The civil (proleptic Gregorian) date of a day count since 1970-01-01, as `(year, month, day)`
+/// (Howard Hinnant's `civil_from_days`). For build stamps and image dates, shared by the
+/// tracer's build script and xtask.
+pub const fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
+    let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
+    (year, month, day)
+}
+
 /// Names of the tracer's kernel programs, as the kernel lists them (`bpftool prog show`).
 pub mod programs {
     /// tc programs of this and earlier versions of the tracer: a clsact filter with one of these
