@@ -23,13 +23,6 @@
 //! [`dns_flags::UNSENT`] for the sweeper: a full ring delays a verdict, it does not lose it.
 //! What is truly lost (a query the full table could not take, a new query on a key still held by
 //! an expired entry) is noted in the loss history at once ([`note_loss`]).
-//!
-//! Functions that not every packet runs (handing an entry over, summarising, the linger ring,
-//! the question copy, the ledger) are BPF subprograms (`#[inline(never)]`), not inlined copies:
-//! each program then holds one copy of each, and the path a DNS packet takes spans fewer
-//! instruction-cache lines (about 15 % less kernel time per DNS packet under load, measured with
-//! `cargo xtask bench`). The BPF stack limit (512 bytes for a caller and its callees together)
-//! is why the rest stays inlined.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -183,7 +176,7 @@ fn is_delivery(from: u8, role: Role, at: u8) -> bool {
 }
 
 /// Hands the entry over as one record. `false` when the ring buffer was full.
-#[inline(never)]
+#[inline(always)]
 fn emit(e: &DnsEntry, key: &DnsKey, why: u8, now: u64) -> bool {
     let Some(mut rec) = EVENTS.reserve::<DnsRecord>(0) else {
         count(counter::DNS_RINGBUF_FULL);
@@ -211,7 +204,7 @@ fn emit(e: &DnsEntry, key: &DnsKey, why: u8, now: u64) -> bool {
 
 /// Hands the entry over and switches it to streaming (later packets are reported one by one).
 /// When the ring is full the entry keeps everything and is flagged for the sweeper.
-#[inline(never)]
+#[inline(always)]
 fn catch_up(e: &mut DnsEntry, key: &DnsKey, why: u8, now: u64) {
     if !emit(e, key, why, now) {
         e.flags |= dns_flags::UNSENT;
@@ -221,7 +214,7 @@ fn catch_up(e: &mut DnsEntry, key: &DnsKey, why: u8, now: u64) {
 
 /// Counts a healthy answer in the summary of the current epoch. `false` when the summary
 /// table is full (the caller hands the entry over instead).
-#[inline(never)]
+#[inline(always)]
 fn summarize(e: &mut DnsEntry, key: &DnsKey, latency: u64) -> bool {
     let epoch = CONTROL.get(0).map_or(0, |c| c.epoch as u8);
     let sk = SummaryKey {
@@ -285,7 +278,7 @@ fn add_to(sk: &SummaryKey, latency: u64, b: usize) -> bool {
 
 /// Puts a delivered entry in this CPU's linger ring and frees the one it replaces (unless its
 /// key now belongs to a newer query).
-#[inline(never)]
+#[inline(always)]
 fn linger(key: &DnsKey, done_ns: u64) {
     let Some(r) = LINGER.get_ptr_mut(0) else {
         return;
@@ -311,7 +304,7 @@ fn linger(key: &DnsKey, done_ns: u64) {
 }
 
 /// The answer reached its client: summarize it, or hand it over when it is interesting.
-#[inline(never)]
+#[inline(always)]
 fn deliver(e: &mut DnsEntry, key: &DnsKey, now: u64, cfg: &Config) {
     e.done_ns = now;
     e.state = dns_state::DELIVERED;
@@ -338,7 +331,7 @@ fn question_len(n: u32) -> u32 {
 }
 
 /// Copies the question of the query at `off` (ending at `end`) into `e` and reads its type.
-#[inline(never)]
+#[inline(always)]
 fn copy_question(ctx: &TcContext, e: &mut DnsEntry, off: u32, end: u32) {
     e.qlen = 0;
     e.qtype = 0;
@@ -587,7 +580,7 @@ fn on_open<R: PacketReader>(
 /// Notes in the delivery ledger that the answer to a query from another machine left through
 /// `out_ifindex`: a peer tracer that never saw it come back asks about it. Each CPU writes its
 /// own segment of `per_cpu` slots, round-robin, its count of writes being the head.
-#[inline(never)]
+#[inline(always)]
 fn ledger(e: &DnsEntry, key: &DnsKey, out_ifindex: u32, now: u64, per_cpu: u32) {
     let Some(written) = COUNTERS.get_ptr_mut(counter::LEDGER_WRITTEN) else {
         return;
