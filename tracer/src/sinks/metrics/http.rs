@@ -140,10 +140,7 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics endpoint {addr} (--metrics-addr)"))?;
-    Ok(serve_listener(listener, metrics))
+    bind(addr, metrics, METRICS_LIMITS, "--metrics-addr").await
 }
 
 /// Binds `addr` now (so a taken port fails start-up) and returns the health server: `/healthz`
@@ -152,18 +149,30 @@ pub async fn serve_health(
     addr: SocketAddr,
     metrics: Metrics,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the health endpoint {addr} (--health-addr)"))?;
-    Ok(serve_health_listener(listener, metrics))
+    bind(addr, metrics, HEALTH_LIMITS, "--health-addr").await
 }
 
-/// Serves the endpoints on a bound listener until the future is dropped.
+/// Binds `addr` for a server with `limits` (`flag` names the option that set the address).
+async fn bind(
+    addr: SocketAddr,
+    metrics: Metrics,
+    limits: Limits,
+    flag: &str,
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {} {addr} ({flag})", limits.what))?;
+    Ok(serve_with(listener, metrics, limits))
+}
+
+/// Serves the endpoints on a bound listener until the future is dropped (tests bind port 0).
+#[cfg(test)]
 pub async fn serve_listener(listener: TcpListener, metrics: Metrics) {
     serve_with(listener, metrics, METRICS_LIMITS).await;
 }
 
 /// Serves `/healthz` and `/readyz` on a bound listener until the future is dropped.
+#[cfg(test)]
 pub async fn serve_health_listener(listener: TcpListener, metrics: Metrics) {
     serve_with(listener, metrics, HEALTH_LIMITS).await;
 }
