@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use tracer_common::programs;
-
 pub use xtask::lab;
 pub use xtask::tracer::TracerProcess;
 
@@ -84,18 +82,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The tracer's programs loaded in the kernel now (`bpftool -j prog show`).
 pub fn our_programs() -> Vec<serde_json::Value> {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .expect("bpftool runs");
-    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    all.into_iter()
-        .filter(|p| {
-            p["name"]
-                .as_str()
-                .is_some_and(|n| n == programs::KFREE_SKB || programs::TC.contains(&n))
-        })
-        .collect()
+    xtask::tracer::our_programs().expect("bpftool lists the loaded programs")
 }
 
 /// The BPF filters under the clsact qdisc of `dev` in node A (`tc filter show`), both hooks.

@@ -109,28 +109,17 @@ struct OnWindow {
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// Run count and run time of the tracer's programs loaded now (`bpftool -j prog show`; the
-/// kernel keeps them while `kernel.bpf_stats_enabled` is 1).
+/// Run count and run time of the tracer's programs loaded now (the kernel keeps them while
+/// `kernel.bpf_stats_enabled` is 1).
 fn program_stats() -> Result<Vec<(String, u64, u64)>> {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .context("running bpftool prog show")?;
-    let all: Vec<serde_json::Value> =
-        serde_json::from_slice(&out.stdout).context("bpftool prog show: not JSON")?;
-    Ok(all
+    Ok(crate::tracer::our_programs()?
         .iter()
-        .filter_map(|p| {
-            let name = p["name"].as_str()?;
-            let ours = name == tracer_common::programs::KFREE_SKB
-                || tracer_common::programs::TC.contains(&name);
-            ours.then(|| {
-                (
-                    name.to_owned(),
-                    p["run_cnt"].as_u64().unwrap_or(0),
-                    p["run_time_ns"].as_u64().unwrap_or(0),
-                )
-            })
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["run_cnt"].as_u64().unwrap_or(0),
+                p["run_time_ns"].as_u64().unwrap_or(0),
+            )
         })
         .collect())
 }

@@ -32,6 +32,25 @@ pub(crate) fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     stderr
 }
 
+/// The tracer's programs loaded in the kernel now, as `bpftool -j prog show` lists them
+/// (recognised by name: this version's and earlier ones').
+pub fn our_programs() -> Result<Vec<Value>> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .context("running bpftool prog show")?;
+    let all: Vec<Value> =
+        serde_json::from_slice(&out.stdout).context("bpftool prog show: not JSON")?;
+    Ok(all
+        .into_iter()
+        .filter(|p| {
+            p.get("name").and_then(Value::as_str).is_some_and(|n| {
+                n == tracer_common::programs::KFREE_SKB || tracer_common::programs::TC.contains(&n)
+            })
+        })
+        .collect())
+}
+
 /// Path of the tracer binary: `$TRACER_BIN`, else `target/debug/tracer` of this workspace.
 pub fn tracer_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TRACER_BIN") {

@@ -21,7 +21,6 @@ use crate::capture::{
     Capture, TcProgram,
     hooks::{self, HookTable, NETLINK_TIMEOUT},
     iface::{Classifier, Decision, Iface, IfaceKind, IfaceTable, branch_vlan},
-    load::OUR_PROGRAM_NAMES,
 };
 
 /// How often attachments are checked against the kernel (at most 30 s, per the design).
@@ -164,7 +163,7 @@ impl AttachManager {
                 .await
                 .into_iter()
                 .map(|(_, p)| p.name)
-                .filter(|n| OUR_PROGRAM_NAMES.contains(&n.as_str()))
+                .filter(|n| tracer_common::programs::TC.contains(&n.as_str()))
                 .collect();
             let parent = if ingress {
                 aya::programs::TcAttachType::Ingress
@@ -277,7 +276,9 @@ impl AttachManager {
                 continue;
             }
             for ingress in [true, false] {
-                let others = hooks::programs_at(handle, ifindex, ingress, &OUR_PROGRAM_NAMES).await;
+                let others =
+                    hooks::programs_at(handle, ifindex, ingress, &tracer_common::programs::TC)
+                        .await;
                 self.hooks.set(ifindex, ingress, others);
             }
         }

@@ -112,9 +112,6 @@ pub const NETLINK_PRIORITY: u16 = 1;
 /// attach fail).
 pub const NETLINK_HANDLE: u32 = 0x7472_6163;
 
-/// Names of tc programs of this and earlier versions of the tracer.
-pub const OUR_PROGRAM_NAMES: [&str; 11] = tracer_common::programs::TC;
-
 /// Sizes and settings the kernel programs are loaded with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadConfig {
