@@ -202,8 +202,11 @@ pub mod counter {
     /// Answers to queries from other machines noted in the delivery ledger (`LEDGER`); per
     /// CPU, also the head of that CPU's segment.
     pub const LEDGER_WRITTEN: u32 = 21;
+    /// New queries whose slot of the direct-mapped DNS table was taken (they went to the hash
+    /// table).
+    pub const DNS_SLOT_TAKEN: u32 = 22;
     /// Number of counters.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
 }
 
 /// Kernel struct offsets the drop program needs, read from the running kernel's BTF at start-up
@@ -576,6 +579,50 @@ pub struct Config {
     pub answered_flows: u32,
     /// Slots of the delivery ledger (`LEDGER`) per CPU; 0 = no ledger (no peer service).
     pub ledger_slots: u32,
+    /// Slots of the direct-mapped DNS table (`DNS_SLOTS`) minus one (a power of two minus one).
+    pub slot_mask: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// Slots of the direct-mapped DNS table (default; the daemon derives it from its memory budget).
+pub const DNS_SLOTS: u32 = 16_384;
+/// A delivered entry stays in its slot at least this long (ns) before a new query may take the
+/// slot: a drop inside the client pod right after delivery still finds it.
+pub const DNS_SLOT_LINGER_NS: u64 = 20_000_000;
+
+/// One slot of the direct-mapped DNS table: healthy queries live here without a hash-table
+/// insert or delete. `tag` is 0 when the slot is free; it changes (compare-and-swap) whenever
+/// the slot changes hands, so a reader that copied the slot between two equal reads of `tag`
+/// has a consistent copy of one query.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsSlot {
+    /// 0: free; otherwise the claim's tag.
+    pub tag: u64,
+    /// Keys of this slot put in the hash table instead (the slot was taken), not yet removed
+    /// from it: while 0, a query missing from the slot is missing from the table too, and the
+    /// table is not searched. Changed with atomic adds; may overcount, never undercounts.
+    pub spilled: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// The query's key.
+    pub key: DnsKey,
+    /// The query.
+    pub entry: DnsEntry,
+}
+
+/// The slot of `key` in a direct-mapped table of `mask + 1` slots (the kernel and the daemon
+/// use this same function).
+#[inline(always)]
+pub fn dns_slot_index(key: &DnsKey, mask: u32) -> u32 {
+    let c = &key.client;
+    let a = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    let b = u64::from_le_bytes([c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15]]);
+    let p = u64::from(key.port) | (u64::from(key.id) << 16) | (u64::from(key.ip_version) << 32);
+    let h = (a ^ b.rotate_left(29) ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .wrapping_mul(0xff51_afd7_ed55_8ccd);
+    ((h >> 32) as u32) & mask
 }
 
 /// Limit of the in-kernel DNS table (default; the daemon derives it from its memory budget).
@@ -653,6 +700,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::DnsKey {}
     unsafe impl aya::Pod for super::DnsEntry {}
+    unsafe impl aya::Pod for super::DnsSlot {}
     unsafe impl aya::Pod for super::SummaryKey {}
     unsafe impl aya::Pod for super::SummaryValue {}
     unsafe impl aya::Pod for super::Control {}
@@ -682,7 +730,8 @@ const _: () = {
     assert!(core::mem::size_of::<DnsRecord>() == 16 + 24 + 8 + core::mem::size_of::<DnsEntry>());
     assert!(core::mem::size_of::<SummaryKey>() == 40);
     assert!(core::mem::size_of::<SummaryValue>() == 16 + 4 * LATENCY_BUCKETS);
-    assert!(core::mem::size_of::<Config>() == 32);
+    assert!(core::mem::size_of::<Config>() == 40);
+    assert!(core::mem::size_of::<DnsSlot>() == 16 + 24 + core::mem::size_of::<DnsEntry>());
     assert!(core::mem::size_of::<Linger>() == 32);
     assert!(core::mem::size_of::<LedgerSlot>() == 32);
 };
@@ -690,6 +739,47 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_index_stays_in_the_table_and_spreads_ids_ports_and_clients() {
+        let mask = 1023;
+        let mut load = [0u32; 1024];
+        for i in 0..65_536u32 {
+            let key = DnsKey {
+                client: [
+                    10,
+                    0,
+                    (i >> 12) as u8,
+                    7,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+                port: 30_000 + (i % 7) as u16,
+                id: i as u16,
+                ip_version: 4,
+                _pad: [0; 3],
+            };
+            let s = dns_slot_index(&key, mask);
+            assert!(s <= mask);
+            load[s as usize] += 1;
+        }
+        // 64 keys per slot on average: none empty, none crowded.
+        let (min, max) = (load.iter().min(), load.iter().max());
+        assert!(
+            min.is_some_and(|m| *m >= 32) && max.is_some_and(|m| *m <= 110),
+            "{min:?} {max:?}"
+        );
+    }
 
     #[test]
     fn key_fingerprints_differ_by_every_field_and_are_never_zero() {

@@ -2,15 +2,29 @@
 //! not see every DNS packet.
 //!
 //! An entry is keyed by the client side of the query (address, port, DNS id), which kube-proxy's
-//! DNAT of the kube-dns ClusterIP does not change. It opens at the query's first sighting and
+//! DNAT of the kube-dns ClusterIP does not change. It lives in one of two homes:
+//!
+//! * its **slot** in the direct-mapped table `DNS_SLOTS` (an array indexed by a hash of the
+//!   key): no hash-table insert or delete per query, which is where most of a healthy query's
+//!   kernel time went. A new query takes its slot when the slot is free, holds the same key, or
+//!   holds an answer summarised and delivered more than [`DNS_SLOT_LINGER_NS`] ago; the slot's
+//!   tag changes by compare-and-swap, so two CPUs cannot take the same slot and the daemon's
+//!   sweeper cannot free a slot that changed hands since it read it;
+//! * the hash table `DNS_TABLE` when its slot is taken by another live query. Each slot counts
+//!   the keys of its own that are in the hash table (`spilled`): a packet whose key is not in
+//!   its slot searches the hash table only when that count is not zero.
+//!
+//! An entry opens at the query's first sighting and
 //! collects every later one (interface, hook, time; at most [`DNS_MAX_HOPS`]), the address the
 //! query was DNATed to, the answer's rcode and flags. Then, in order of likelihood:
 //!
 //! * **Healthy answer** (delivered to the client: at its pod veth's egress, at the uplink's
 //!   egress for a client on another node, at any ingress for a host-network client): counted in
 //!   the answer summaries (`SUMMARY`, count and latency histogram per client, replica, qtype and
-//!   rcode) and marked delivered. Nothing goes to userspace. The entry lingers in a per-CPU ring
-//!   of [`LINGER_SLOTS`] so that a drop inside the client pod right after delivery still finds it.
+//!   rcode) and marked delivered. Nothing goes to userspace. The entry stays (in its slot for
+//!   at least [`DNS_SLOT_LINGER_NS`]; in the hash table until a per-CPU ring of
+//!   [`LINGER_SLOTS`] comes round) so that a drop inside the client pod right after delivery
+//!   still finds it.
 //! * **Anything else** — a drop, an ICMP error, a resend, a truncated or slow answer, a query
 //!   that may be a retry, `--answered flows` — the entry is handed over whole (one
 //!   [`DnsRecord`]) and, unless it was delivered, switches to streaming: every later packet of the
@@ -23,25 +37,30 @@
 //! [`dns_flags::UNSENT`] for the sweeper: a full ring delays a verdict, it does not lose it.
 //! What is truly lost (a query the full table could not take, a new query on a key still held by
 //! an expired entry) is noted in the loss history at once ([`note_loss`]).
+//!
+//! A program that found its query in a slot writes to it within its own run (microseconds,
+//! not preemptible). A slot changes hands only once its answer was delivered and quiet for
+//! [`DNS_SLOT_LINGER_NS`], so such a write can land in another query's entry only if a program
+//! were stalled that long between two instructions.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{BPF_EXIST, BPF_NOEXIST},
     helpers::generated::bpf_skb_load_bytes,
     programs::TcContext,
 };
 use tracer_common::{
-    Config, DNS_MAX_HOPS, DNS_QUESTION_LEN, DnsEntry, DnsHop, DnsKey, DnsRecord, EventHeader,
-    LINGER_SLOTS, SummaryKey, counter, dns_flags, dns_key_fp, dns_state, dns_why, hook, hop_form,
-    kind, latency_bucket, origin,
+    Config, DNS_MAX_HOPS, DNS_QUESTION_LEN, DNS_SLOT_LINGER_NS, DnsEntry, DnsHop, DnsKey,
+    DnsRecord, DnsSlot, EventHeader, LINGER_SLOTS, SummaryKey, counter, dns_flags, dns_key_fp,
+    dns_slot_index, dns_state, dns_why, hook, hop_form, kind, latency_bucket, origin,
 };
 
 use crate::{
     maps::{
-        CONTROL, COUNTERS, DNS_TABLE, EVENTS, LEDGER, LINGER, SCRATCH_ENTRY, SCRATCH_SUMMARY,
-        SLOW_CLIENTS, SUMMARY, config, count, note_loss, now_ns, submit_flags,
+        CONTROL, COUNTERS, DNS_SLOTS, DNS_TABLE, EVENTS, LEDGER, LINGER, SCRATCH_ENTRY,
+        SCRATCH_SUMMARY, SLOW_CLIENTS, SUMMARY, config, count, note_loss, now_ns, submit_flags,
     },
     parse::{PacketReader, Parsed, be16},
 };
@@ -112,6 +131,92 @@ fn eq16(a: &[u8; 16], b: &[u8; 16]) -> bool {
         let (a, b) = (a.as_ptr().cast::<u64>(), b.as_ptr().cast::<u64>());
         a.read_unaligned() == b.read_unaligned()
             && a.add(1).read_unaligned() == b.add(1).read_unaligned()
+    }
+}
+
+/// Key equality without a `bcmp` call.
+#[inline(always)]
+fn key_eq(a: &DnsKey, b: &DnsKey) -> bool {
+    eq16(&a.client, &b.client) && a.port == b.port && a.id == b.id && a.ip_version == b.ip_version
+}
+
+/// The slot `key` maps to in the direct-mapped table, whatever it holds.
+#[inline(always)]
+fn slot_for(key: &DnsKey, cfg: &Config) -> Option<*mut DnsSlot> {
+    DNS_SLOTS.get_ptr_mut(dns_slot_index(key, cfg.slot_mask))
+}
+
+/// The entry of `key`: its slot when the slot holds it, else the hash table. `true` with it
+/// when it lives in a slot.
+#[inline(always)]
+fn find(key: &DnsKey, cfg: &Config) -> Option<(&'static mut DnsEntry, bool)> {
+    if let Some(s) = slot_for(key, cfg) {
+        // SAFETY: an array map value: valid memory for the program's run (never freed). The
+        // tag is read once, volatile (another CPU may change it); see `claim` for reuse.
+        unsafe {
+            if core::ptr::read_volatile(&raw const (*s).tag) != 0 && key_eq(&(*s).key, key) {
+                return Some((&mut (*s).entry, true));
+            }
+            if core::ptr::read_volatile(&raw const (*s).spilled) == 0 {
+                return None;
+            }
+        }
+    }
+    let e = DNS_TABLE.get_ptr_mut(key)?;
+    // SAFETY: a value of a no-prealloc hash map stays valid for the program's run.
+    Some((unsafe { &mut *e }, false))
+}
+
+/// The slot's count of keys in the hash table.
+#[inline(always)]
+fn spill_count(s: *mut DnsSlot) -> *mut u32 {
+    // SAFETY: a field of an array map value (valid, never freed).
+    unsafe { &raw mut (*s).spilled }
+}
+
+/// Removes `key` from the hash table, giving its slot's spill count back.
+#[inline(always)]
+fn table_remove(key: &DnsKey, cfg: &Config) {
+    if DNS_TABLE.remove(key).is_ok()
+        && let Some(s) = slot_for(key, cfg)
+    {
+        // SAFETY: a field of an array map value, changed only atomically.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(spill_count(s), u32::MAX) };
+    }
+}
+
+/// Takes slot `s` for a new query of `key`: when it is free, holds `key` already (the caller
+/// replaces that query, as an insert would), or holds an answer summarised and delivered more
+/// than [`DNS_SLOT_LINGER_NS`] ago. The tag changes by compare-and-swap, so two CPUs cannot
+/// take the same slot, and the daemon's sweeper, which frees slots the same way, cannot free
+/// one that changed hands since it read it.
+#[inline(always)]
+fn claim(s: *mut DnsSlot, key: &DnsKey, now: u64) -> bool {
+    // SAFETY: an array map value (valid, never freed); the tag is only changed atomically.
+    unsafe {
+        let tag = core::ptr::read_volatile(&raw const (*s).tag);
+        if tag != 0 && !key_eq(&(*s).key, key) {
+            let e = &(*s).entry;
+            let quiet = e.state == dns_state::DELIVERED
+                && e.flags & dns_flags::UNSENT == 0
+                && now.saturating_sub(e.done_ns) > DNS_SLOT_LINGER_NS;
+            if !quiet {
+                return false;
+            }
+        }
+        let mut new = now | 1;
+        if new == tag {
+            new = new.wrapping_add(2);
+        }
+        let (_, ok) = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*s).tag,
+            tag,
+            new,
+        );
+        if ok {
+            (*s).key = *key;
+        }
+        ok
     }
 }
 
@@ -293,7 +398,7 @@ fn linger(key: &DnsKey, done_ns: u64) {
             // SAFETY: map value valid for the program's run (no-prealloc hash map).
             let (state, done) = unsafe { ((*old).state, (*old).done_ns) };
             if state == dns_state::DELIVERED && done == slot.done_ns {
-                let _ = DNS_TABLE.remove(&slot.key);
+                table_remove(&slot.key, &config());
                 count(counter::DNS_LINGER_FREED);
             }
         }
@@ -305,7 +410,7 @@ fn linger(key: &DnsKey, done_ns: u64) {
 
 /// The answer reached its client: summarize it, or hand it over when it is interesting.
 #[inline(always)]
-fn deliver(e: &mut DnsEntry, key: &DnsKey, now: u64, cfg: &Config) {
+fn deliver(e: &mut DnsEntry, key: &DnsKey, now: u64, cfg: &Config, in_slot: bool) {
     e.done_ns = now;
     e.state = dns_state::DELIVERED;
     let latency = now.saturating_sub(e.first_ns);
@@ -320,7 +425,10 @@ fn deliver(e: &mut DnsEntry, key: &DnsKey, now: u64, cfg: &Config) {
         e.flags |= dns_flags::UNSENT;
         return;
     }
-    linger(key, now);
+    // A slot is taken over by a later query once quiet; a table entry is freed by the ring.
+    if !in_slot {
+        linger(key, now);
+    }
 }
 
 /// Length in 1..=DNS_QUESTION_LEN in a form the verifier can bound (LLVM would otherwise
@@ -408,11 +516,22 @@ pub struct At {
 /// Opens an entry for query `m` seen in packet `p` (replacing whatever the key held).
 #[inline(always)]
 fn open(ctx: &TcContext, p: &Parsed, m: &Msg, at: At, end: u32, now: u64) {
-    let Some(s) = SCRATCH_ENTRY.get_ptr_mut(0) else {
-        return;
+    let cfg = config();
+    let slot = slot_for(&m.key, &cfg).filter(|s| claim(*s, &m.key, now));
+    if slot.is_none() {
+        count(counter::DNS_SLOT_TAKEN);
+    }
+    let s = match slot {
+        // SAFETY: the slot was just claimed for this query (see `claim`).
+        Some(s) => unsafe { &mut (*s).entry },
+        None => {
+            let Some(s) = SCRATCH_ENTRY.get_ptr_mut(0) else {
+                return;
+            };
+            // SAFETY: this CPU's scratch entry; no other user while the program runs.
+            unsafe { &mut *s }
+        }
     };
-    // SAFETY: this CPU's scratch entry; no other user while the program runs.
-    let s = unsafe { &mut *s };
     s.first_ns = now;
     s.last_ns = now;
     s.done_ns = 0;
@@ -449,7 +568,28 @@ fn open(ctx: &TcContext, p: &Parsed, m: &Msg, at: At, end: u32, now: u64) {
     if slow_client(&m.key.client, now) {
         s.flags |= dns_flags::RETRY_SUSPECT;
     }
-    if DNS_TABLE.insert(&m.key, s, u64::from(BPF_ANY)).is_ok() {
+    if slot.is_some() {
+        count(counter::DNS_TRACKED);
+        return;
+    }
+    // Counted as spilled before the insert (a lookup must never skip the table while it may
+    // hold the key); an insert that replaced an entry of the same key gives the count back.
+    let spill = slot_for(&m.key, &cfg).map(spill_count);
+    if let Some(c) = spill {
+        // SAFETY: a field of an array map value, changed only atomically.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(c, 1) };
+    }
+    let inserted = DNS_TABLE.insert(&m.key, s, u64::from(BPF_NOEXIST)).is_ok() || {
+        let replaced = DNS_TABLE.insert(&m.key, s, u64::from(BPF_EXIST)).is_ok();
+        if let Some(c) = spill
+            && replaced
+        {
+            // SAFETY: as above.
+            unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(c, u32::MAX) };
+        }
+        replaced
+    };
+    if inserted {
         count(counter::DNS_TRACKED);
     } else {
         count(counter::DNS_TABLE_FULL);
@@ -465,7 +605,7 @@ pub fn on_tc<R: PacketReader>(ctx: &TcContext, r: &R, p: &Parsed, at: At, end: u
     };
     let now = now_ns();
     let cfg = config();
-    let Some(e) = DNS_TABLE.get_ptr_mut(&m.key) else {
+    let Some((e, in_slot)) = find(&m.key, &cfg) else {
         if m.response {
             count(counter::DNS_ORPHAN);
         } else {
@@ -473,8 +613,6 @@ pub fn on_tc<R: PacketReader>(ctx: &TcContext, r: &R, p: &Parsed, at: At, end: u
         }
         return Outcome::Done;
     };
-    // SAFETY: a value of a no-prealloc hash map stays valid for the program's run.
-    let e = unsafe { &mut *e };
     match e.state {
         dns_state::STREAMING => {
             e.last_ns = now;
@@ -489,7 +627,7 @@ pub fn on_tc<R: PacketReader>(ctx: &TcContext, r: &R, p: &Parsed, at: At, end: u
             }
             Outcome::Done
         }
-        _ => on_open(ctx, r, p, &m, e, at, end, now, &cfg),
+        _ => on_open(ctx, r, p, &m, e, in_slot, at, end, now, &cfg),
     }
 }
 
@@ -501,6 +639,7 @@ fn on_open<R: PacketReader>(
     p: &Parsed,
     m: &Msg,
     e: &mut DnsEntry,
+    in_slot: bool,
     at: At,
     end: u32,
     now: u64,
@@ -572,7 +711,7 @@ fn on_open<R: PacketReader>(
         if e.origin == origin::REMOTE && cfg.ledger_slots != 0 {
             ledger(e, &m.key, at.ifindex, now, cfg.ledger_slots);
         }
-        deliver(e, &m.key, now, cfg);
+        deliver(e, &m.key, now, cfg, in_slot);
     }
     Outcome::Done
 }
@@ -640,9 +779,7 @@ fn ledger(e: &DnsEntry, key: &DnsKey, out_ifindex: u32, now: u64, per_cpu: u32) 
 /// packet by packet); `None` sends the event to userspace as a plain record.
 #[inline(always)]
 fn summarised(key: &DnsKey) -> Option<&'static mut DnsEntry> {
-    let e = DNS_TABLE.get_ptr_mut(key)?;
-    // SAFETY: a value of a no-prealloc hash map stays valid for the program's run.
-    let e = unsafe { &mut *e };
+    let (e, _) = find(key, &config())?;
     (e.state != dns_state::STREAMING).then_some(e)
 }
 

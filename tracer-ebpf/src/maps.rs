@@ -35,6 +35,13 @@ pub static FLOWS: LruHashMap<FlowKey, FlowStats> =
 pub static DNS_TABLE: HashMap<DnsKey, DnsEntry> =
     HashMap::with_max_entries(DNS_TABLE_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// The direct-mapped DNS table: a query whose slot is free lives here (no hash-table insert or
+/// delete on the healthy path); one whose slot is taken goes to `DNS_TABLE`. Memory-mapped by
+/// the daemon's sweeper; sized by it at load time.
+#[map]
+pub static DNS_SLOTS: Array<tracer_common::DnsSlot> =
+    Array::with_max_entries(tracer_common::DNS_SLOTS, BPF_F_MMAPABLE);
+
 /// Answer summaries: count and latency histogram per (client, replica, qtype, rcode, epoch).
 #[map]
 pub static SUMMARY: HashMap<SummaryKey, SummaryValue> =
@@ -93,6 +100,8 @@ static CONFIG: tracer_common::Config = tracer_common::Config {
     slow_ns: 500_000_000,
     answered_flows: 0,
     ledger_slots: 0,
+    slot_mask: tracer_common::DNS_SLOTS - 1,
+    _pad: 0,
 };
 
 /// The load-time settings.

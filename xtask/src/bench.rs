@@ -105,6 +105,9 @@ struct OnWindow {
     kernel_lost: u64,
     /// Per program (name, runs, kernel time in ns) when the window ran with BPF statistics.
     programs: Vec<(String, u64, u64)>,
+    /// Queries the kernel tracked, and those of them whose slot was taken (hash table).
+    tracked: u64,
+    slot_taken: u64,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -203,6 +206,8 @@ fn on_window(ns: &str, seconds: u32, stop_s: u64, stats: bool) -> Result<OnWindo
     .map(|n| counter(&stderr, n))
     .sum::<u64>()
         + counter(&stderr, "dns_ringbuf_full");
+    w.tracked = counter(&stderr, "dns_tracked");
+    w.slot_taken = counter(&stderr, "dns_slot_taken");
     w.perf = Some(perf);
     Ok(w)
 }
@@ -343,5 +348,11 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
         );
     }
     println!("  all programs: {per_query:.0} ns of kernel time per completed query");
+    println!(
+        "  queries tracked in their slot: {:.1} % ({} of {}; the rest found it taken)",
+        100.0 * timed.tracked.saturating_sub(timed.slot_taken) as f64 / timed.tracked.max(1) as f64,
+        timed.tracked.saturating_sub(timed.slot_taken),
+        timed.tracked
+    );
     Ok(())
 }

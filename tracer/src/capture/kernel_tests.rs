@@ -121,7 +121,7 @@ fn healthy_answer_is_summarized_in_the_kernel() {
     }
     let mut k = kernel();
     assert!(run(&mut k, TcProgram::PodIn, &query()).is_empty());
-    let open = read_all(&k.tables.dns, 16).expect("table");
+    let open = k.tables.dns_entries(16).expect("table");
     let [(key, e)] = open.as_slice() else {
         panic!("one entry expected, got {open:?}")
     };
@@ -138,7 +138,7 @@ fn healthy_answer_is_summarized_in_the_kernel() {
     let c = k.capture.counters().expect("counters");
     assert_eq!((c.dns_tracked, c.dns_summarized, c.dns_records), (1, 1, 0));
     // The entry lingers, delivered, for a drop inside the client right after.
-    let after = read_all(&k.tables.dns, 16).expect("table");
+    let after = k.tables.dns_entries(16).expect("table");
     assert_eq!(
         after.first().map(|(_, e)| e.state),
         Some(dns_state::DELIVERED)
@@ -209,7 +209,7 @@ fn ipv6_dns_behind_extension_header() {
     let mut k = kernel_with(cfg);
     let q = eth_ipv6(17, &udp(40000, 53, &dns_message(false)), true);
     assert!(run(&mut k, TcProgram::PodIn, &q).is_empty());
-    let open = read_all(&k.tables.dns, 16).expect("table");
+    let open = k.tables.dns_entries(16).expect("table");
     assert_eq!(open.first().map(|(key, _)| key.ip_version), Some(6));
     // An orphan answer (no such query): counted, not reported.
     let a = eth_ipv6(17, &udp(53, 40001, &dns_message(true)), true);
@@ -225,7 +225,7 @@ fn vlan_tagged_frame_from_trunk() {
     let mut k = kernel();
     let frame = with_vlan(query(), 7);
     assert!(run(&mut k, TcProgram::UplinkIn, &frame).is_empty());
-    let open = read_all(&k.tables.dns, 16).expect("table");
+    let open = k.tables.dns_entries(16).expect("table");
     let [(_, e)] = open.as_slice() else {
         panic!("one entry expected, got {open:?}")
     };
@@ -358,7 +358,7 @@ fn long_name_is_cut_not_lost_and_garbage_is_ignored() {
     let long = ["a123456789b123456789c123456789d123456789e123456789f12345678"; 5].join(".");
     let q = eth_ipv4(17, &udp(40000, 53, &dns_query_for(&long)));
     assert!(run(&mut k, TcProgram::PodIn, &q).is_empty());
-    let open = read_all(&k.tables.dns, 16).expect("table");
+    let open = k.tables.dns_entries(16).expect("table");
     let [(key, e)] = open.as_slice() else {
         panic!("one entry expected, got {open:?}")
     };
@@ -409,7 +409,7 @@ fn answers_to_other_machines_are_noted_in_the_ledger() {
     // A query from another node arrives at the uplink, goes to the replica's veth; the answer
     // comes back from the replica and leaves through the uplink.
     assert!(run(&mut k, TcProgram::UplinkIn, &query()).is_empty());
-    let open = read_all(&k.tables.dns, 16).expect("table");
+    let open = k.tables.dns_entries(16).expect("table");
     let [(key, _)] = open.as_slice() else {
         panic!("one entry expected, got {open:?}")
     };
@@ -475,4 +475,77 @@ fn answers_to_other_machines_are_noted_in_the_ledger() {
         .iter()
         .sum();
     assert_eq!(after, before);
+}
+
+/// A query and its answer on client port `port`.
+fn query_from(port: u16) -> Vec<u8> {
+    eth_ipv4(17, &udp(port, 53, &dns_message(false)))
+}
+
+fn answer_to(port: u16) -> Vec<u8> {
+    reply_ipv4(eth_ipv4(17, &udp(53, port, &dns_message(true))))
+}
+
+/// The key of [`query_from`]`(port)`.
+fn key_of(port: u16) -> tracer_common::DnsKey {
+    tracer_common::DnsKey {
+        client: [198, 18, 1, 21, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        port,
+        id: 0x1234,
+        ip_version: 4,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+fn queries_sharing_a_slot_are_both_tracked_and_the_slot_is_reused_once_quiet() {
+    if !privileged() {
+        return;
+    }
+    let mut k = kernel_with(LoadConfig {
+        dns_slots: 4,
+        ..LoadConfig::default()
+    });
+    let slot = |port| tracer_common::dns_slot_index(&key_of(port), 3);
+    let mut same = (40_001..).filter(|p| slot(*p) == slot(40_000));
+    let (p2, p3, p4) = (
+        same.next().expect("a port"),
+        same.next().expect("a port"),
+        same.next().expect("a port"),
+    );
+
+    // The first query takes the slot; the second, whose slot is taken by a live query, goes
+    // to the hash table.
+    assert!(run(&mut k, TcProgram::PodIn, &query_from(40_000)).is_empty());
+    assert!(run(&mut k, TcProgram::PodIn, &query_from(p2)).is_empty());
+    assert!(k.tables.slots.find(&key_of(40_000)).is_some());
+    assert!(k.tables.slots.find(&key_of(p2)).is_none());
+    assert!(k.tables.dns.get(&key_of(p2), 0).is_ok());
+    assert_eq!(k.capture.counters().expect("counters").dns_slot_taken, 1);
+
+    // Both answers find their queries (the second in the hash table): two summarised answers,
+    // no orphan, nothing handed over.
+    assert!(run(&mut k, TcProgram::PodOut, &answer_to(p2)).is_empty());
+    assert!(run(&mut k, TcProgram::PodOut, &answer_to(40_000)).is_empty());
+    let sums = read_all(&k.tables.summary, 16).expect("summaries");
+    assert_eq!(sums.iter().map(|(_, v)| v.count).sum::<u64>(), 2);
+    let c = k.capture.counters().expect("counters");
+    assert_eq!((c.dns_orphan, c.dns_records), (0, 0));
+
+    // Right after delivery the slot still holds the answered query (a drop in the client
+    // would find it): a third query goes to the hash table.
+    assert!(run(&mut k, TcProgram::PodIn, &query_from(p3)).is_empty());
+    assert_eq!(k.capture.counters().expect("counters").dns_slot_taken, 2);
+    // Once quiet for the linger time, the next query takes the slot over.
+    std::thread::sleep(std::time::Duration::from_nanos(
+        tracer_common::DNS_SLOT_LINGER_NS * 2,
+    ));
+    assert!(run(&mut k, TcProgram::PodIn, &query_from(p4)).is_empty());
+    assert_eq!(k.capture.counters().expect("counters").dns_slot_taken, 2);
+    assert!(k.tables.slots.find(&key_of(p4)).is_some());
+    assert!(k.tables.slots.find(&key_of(40_000)).is_none());
+    // The query in the hash table still gets its answer.
+    assert!(run(&mut k, TcProgram::PodOut, &answer_to(p3)).is_empty());
+    let sums = read_all(&k.tables.summary, 16).expect("summaries");
+    assert_eq!(sums.iter().map(|(_, v)| v.count).sum::<u64>(), 3);
 }

@@ -120,8 +120,10 @@ pub struct LoadConfig {
     pub offsets: Option<KernelOffsets>,
     /// Settings of the DNS table (window, grace, slow answers, `--answered flows`).
     pub dns: Config,
-    /// Entries of the DNS table.
+    /// Entries of the DNS table (queries whose slot was taken, and those handed over).
     pub dns_entries: u32,
+    /// Slots of the direct-mapped DNS table (rounded down to a power of two).
+    pub dns_slots: u32,
     /// Entries of the answer summaries.
     pub summary_entries: u32,
     /// Size of the ring buffer (bytes, a power of two); the object's default when `None`.
@@ -138,8 +140,11 @@ impl Default for LoadConfig {
                 slow_ns: 500_000_000,
                 answered_flows: 0,
                 ledger_slots: 0,
+                slot_mask: 0,
+                _pad: 0,
             },
             dns_entries: tracer_common::DNS_TABLE_ENTRIES,
+            dns_slots: tracer_common::DNS_SLOTS,
             summary_entries: tracer_common::SUMMARY_ENTRIES,
             ring_bytes: None,
         }
@@ -162,6 +167,24 @@ pub struct Tables {
     pub scope: HashMap<MapData, u32, u8>,
     /// The delivery ledger, mapped (`None` when loaded without one).
     pub ledger: Option<super::ledger::Ledger>,
+    /// The direct-mapped DNS table, mapped.
+    pub slots: super::slots::Slots,
+}
+
+#[cfg(test)]
+impl Tables {
+    /// Every query in the kernel's DNS table, in its slots and in the hash table (at most
+    /// `limit` from each).
+    pub fn dns_entries(&self, limit: usize) -> std::io::Result<Vec<(DnsKey, DnsEntry)>> {
+        let mut all: Vec<(DnsKey, DnsEntry)> = self
+            .slots
+            .occupied(limit, true)
+            .into_iter()
+            .map(|s| (s.key, s.entry))
+            .collect();
+        all.extend(read_all(&self.dns, limit)?);
+        Ok(all)
+    }
 }
 
 /// Loaded kernel programs and maps.
@@ -169,6 +192,7 @@ pub struct Capture {
     ebpf: Ebpf,
     mode: TcMode,
     ledger_slots: u32,
+    dns_slots: u32,
 }
 
 /// How tc programs are attached.
@@ -227,6 +251,8 @@ pub struct Counters {
     pub drops_other_node: u64,
     /// Delivered entries freed after lingering.
     pub dns_linger_freed: u64,
+    /// New queries whose slot was taken (tracked in the hash table instead).
+    pub dns_slot_taken: u64,
     /// New queries that could not replace an expired entry.
     pub dns_key_busy: u64,
     /// Answers to other machines' queries noted in the delivery ledger.
@@ -237,10 +263,16 @@ impl Capture {
     /// Loads the object and every tc program with `cfg`.
     pub fn load(cfg: &LoadConfig) -> Result<Self, CaptureError> {
         let offsets = cfg.offsets.unwrap_or_default();
+        let slots = slot_count(cfg.dns_slots);
+        let dns = Config {
+            slot_mask: slots - 1,
+            ..cfg.dns
+        };
         let mut loader = EbpfLoader::new();
         loader
             .override_global("OFFSETS", &offsets, true)
-            .override_global("CONFIG", &cfg.dns, true)
+            .override_global("CONFIG", &dns, true)
+            .map_max_entries("DNS_SLOTS", slots)
             .map_max_entries("DNS_TABLE", cfg.dns_entries.max(1))
             .map_max_entries("SUMMARY", cfg.summary_entries.max(1))
             .map_max_entries("LEDGER", ledger_entries(cfg.dns.ledger_slots));
@@ -262,6 +294,7 @@ impl Capture {
             ebpf,
             mode: TcMode::Auto,
             ledger_slots: cfg.dns.ledger_slots,
+            dns_slots: slots,
         })
     }
 
@@ -389,6 +422,11 @@ impl Capture {
             slow_clients: HashMap::try_from(take(&mut self.ebpf, "SLOW_CLIENTS")?)
                 .map_err(wrap("SLOW_CLIENTS"))?,
             scope: HashMap::try_from(take(&mut self.ebpf, "SCOPE")?).map_err(wrap("SCOPE"))?,
+            slots: super::slots::Slots::new(
+                Array::try_from(take(&mut self.ebpf, "DNS_SLOTS")?).map_err(wrap("DNS_SLOTS"))?,
+                self.dns_slots,
+            )
+            .map_err(|e| CaptureError::Mmap("DNS_SLOTS", e))?,
             ledger: if self.ledger_slots == 0 {
                 None
             } else {
@@ -478,6 +516,7 @@ impl Capture {
             summary_full: get(counter::SUMMARY_FULL),
             drops_other_node: get(counter::DROP_OTHER_NODE),
             dns_linger_freed: get(counter::DNS_LINGER_FREED),
+            dns_slot_taken: get(counter::DNS_SLOT_TAKEN),
             dns_key_busy: get(counter::DNS_KEY_BUSY),
             ledger_written: get(counter::LEDGER_WRITTEN),
         })
@@ -501,6 +540,15 @@ fn ledger_entries(per_cpu: u32) -> u32 {
         .unwrap_or(u32::MAX)
         .saturating_mul(per_cpu)
         .max(1)
+}
+
+/// Slots of the direct-mapped DNS table: `n` rounded down to a power of two, at least 2.
+pub fn slot_count(n: u32) -> u32 {
+    if n < 2 {
+        2
+    } else {
+        1 << (31 - n.leading_zeros())
+    }
 }
 
 /// tcx exists from Linux 6.6 on.
@@ -654,3 +702,15 @@ pub const MIN_BATCH: usize = 32;
 /// Largest batch of [`read_all`] (a hash bucket holding more than this makes the kernel
 /// answer ENOSPC; buckets hold a handful).
 pub const MAX_BATCH: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slot_count_is_a_power_of_two_at_most_what_was_asked() {
+        let got: Vec<u32> = [0, 1, 2, 3, 1000, 1024, 25_805, u32::MAX]
+            .into_iter()
+            .map(super::slot_count)
+            .collect();
+        assert_eq!(got, [2, 2, 2, 2, 512, 1024, 16_384, 1 << 31]);
+    }
+}

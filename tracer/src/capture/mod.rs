@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod load;
 pub mod netns;
 pub mod signals;
+pub mod slots;
 
 #[cfg(test)]
 mod kernel_tests;

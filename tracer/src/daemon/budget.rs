@@ -11,6 +11,8 @@ pub const DEFAULT_BUDGET: u64 = 256 << 20;
 
 /// Kernel memory per DNS table entry: key + value + hash element overhead.
 const DNS_ENTRY_BYTES: u64 = 24 + 384 + 64;
+/// Kernel memory per slot of the direct-mapped DNS table (an array element, preallocated).
+const DNS_SLOT_BYTES: u64 = core::mem::size_of::<tracer_common::DnsSlot>() as u64;
 /// Kernel memory per summary entry.
 const SUMMARY_ENTRY_BYTES: u64 = 40 + 208 + 64;
 /// Kernel memory per delivery ledger slot (an array element, no overhead).
@@ -27,6 +29,9 @@ pub struct Budget {
     /// Entries of the kernel's DNS table (≈ 5 % of the budget: reading it costs time in
     /// proportion to its size).
     pub dns_entries: u32,
+    /// Slots of the kernel's direct-mapped DNS table (≈ 4 %, rounded down to a power of two
+    /// at load: preallocated, and swept by reading all of it).
+    pub dns_slots: u32,
     /// Entries of the kernel's answer summaries (≈ 2 %).
     pub summary_entries: u32,
     /// Open flows in the correlator (≈ 15 %).
@@ -46,6 +51,7 @@ impl Budget {
         Self {
             bytes,
             dns_entries: share(5, DNS_ENTRY_BYTES, 4096, 1 << 20) as u32,
+            dns_slots: share(4, DNS_SLOT_BYTES, 1024, 1 << 18) as u32,
             summary_entries: share(2, SUMMARY_ENTRY_BYTES, 1024, 1 << 16) as u32,
             max_flows: share(15, FLOW_BYTES, 1024, 1 << 18) as usize,
             ledger_slots: share(10, LEDGER_SLOT_BYTES, 4096, 1 << 22) as u32,
@@ -125,6 +131,7 @@ mod tests {
     fn sizes_scale_with_the_budget_and_stay_in_range() {
         let b = Budget::new(256 << 20);
         assert_eq!(b.dns_entries, 28_435);
+        assert_eq!(b.dns_slots, 25_324);
         assert!(b.summary_entries >= 1024);
         assert_eq!(b.max_flows, 19_660);
         assert_eq!(b.ledger_slots, 838_860);

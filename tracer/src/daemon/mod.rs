@@ -143,8 +143,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             } else {
                 0
             },
+            // Set by the loader from `dns_slots`.
+            slot_mask: 0,
+            _pad: 0,
         },
         dns_entries: budget.dns_entries,
+        dns_slots: budget.dns_slots,
         summary_entries: budget.summary_entries,
         ring_bytes: args.ring_bytes,
     };
@@ -241,6 +245,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         health = %health_addr.map_or("off".into(), |a| format!("http://{a}/healthz")),
         budget_mib = budget.bytes >> 20,
         dns_table = budget.dns_entries,
+        dns_slots = crate::capture::load::slot_count(budget.dns_slots),
         max_flows = budget.max_flows,
         "tracer running"
     );

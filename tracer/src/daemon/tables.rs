@@ -27,6 +27,14 @@ pub struct Swept {
     pub entry: DnsEntry,
 }
 
+/// Where an entry read by the sweeper lives.
+enum Home {
+    /// A slot of the direct-mapped table, and its tag when read.
+    Slot { index: u32, tag: u64 },
+    /// The hash table.
+    Table,
+}
+
 /// Counters of the sweeper.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct SweepStats {
@@ -97,7 +105,10 @@ impl KernelTables {
 
     /// The entry of `key` in the kernel's DNS table now, if any (one system call).
     pub fn dns_entry(&self, key: &DnsKey) -> Option<DnsEntry> {
-        self.t.dns.get(key, 0).ok()
+        self.t
+            .slots
+            .find(key)
+            .or_else(|| self.t.dns.get(key, 0).ok())
     }
 
     /// The kernel's delivery ledger, when loaded with one.
@@ -174,7 +185,8 @@ impl KernelTables {
         {
             return Vec::new();
         }
-        let entries = match read_all(&self.t.dns, MAX_SWEEP) {
+        let in_slots = self.t.slots.occupied(MAX_SWEEP, false);
+        let in_table = match read_all(&self.t.dns, MAX_SWEEP) {
             Ok(e) => e,
             Err(err) => {
                 self.stats.read_errors += 1;
@@ -186,19 +198,30 @@ impl KernelTables {
         let expire_after = self.cfg.window_ns.saturating_add(self.cfg.grace_ns);
         let slow_after = self.cfg.slow_ns.saturating_add(self.period_ns);
         let mut out = Vec::new();
+        let entries: Vec<(DnsKey, DnsEntry, Home)> = in_slots
+            .into_iter()
+            .map(|s| {
+                let home = Home::Slot {
+                    index: s.index,
+                    tag: s.tag,
+                };
+                (s.key, s.entry, home)
+            })
+            .chain(in_table.into_iter().map(|(k, e)| (k, e, Home::Table)))
+            .collect();
         let mut present = HashSet::with_capacity(entries.len());
         // Anything that is not a quietly lingering delivered entry brings the next sweep back.
         let pending = entries
             .iter()
-            .any(|(_, e)| e.state != dns_state::DELIVERED || e.flags & dns_flags::UNSENT != 0);
+            .any(|(_, e, _)| e.state != dns_state::DELIVERED || e.flags & dns_flags::UNSENT != 0);
         self.last_sweep = Some((opened, pending, now));
-        for (key, e) in entries {
+        for (key, e, home) in entries {
             present.insert((key, e.first_ns));
             let age = now.saturating_sub(e.first_ns);
             let unsent = e.flags & dns_flags::UNSENT != 0;
             match e.state {
                 dns_state::OPEN if age > expire_after => {
-                    if let Some(taken) = self.take(&key, &e, now, &mut loss) {
+                    if let Some(taken) = self.take(&key, &e, &home, now, &mut loss) {
                         self.stats.expired += 1;
                         out.push(swept(key, taken));
                     }
@@ -210,7 +233,7 @@ impl KernelTables {
                     }
                 }
                 dns_state::DELIVERED if unsent => {
-                    if let Some(taken) = self.take(&key, &e, now, &mut loss) {
+                    if let Some(taken) = self.take(&key, &e, &home, now, &mut loss) {
                         self.stats.unsent += 1;
                         out.push(swept(key, taken));
                     }
@@ -220,9 +243,7 @@ impl KernelTables {
                         self.stats.unsent += 1;
                         out.push(swept(key, e));
                     }
-                    if now.saturating_sub(e.last_ns) > expire_after
-                        && take_entry(&self.t.dns, &key).is_ok_and(|t| t.is_some())
-                    {
+                    if now.saturating_sub(e.last_ns) > expire_after && self.free(&key, &home) {
                         self.stats.streaming_freed += 1;
                     }
                 }
@@ -234,24 +255,54 @@ impl KernelTables {
         out
     }
 
+    /// Frees an idle entry (nothing to hand over): true when it was freed.
+    fn free(&mut self, key: &DnsKey, home: &Home) -> bool {
+        match home {
+            Home::Slot { index, tag } => self.t.slots.free(*index, *tag),
+            Home::Table => {
+                let taken = take_entry(&self.t.dns, key).is_ok_and(|t| t.is_some());
+                if taken {
+                    self.t.slots.spill(key, -1);
+                }
+                taken
+            }
+        }
+    }
+
     /// Takes `key` out of the table if it still holds the entry read; a newer query found
-    /// there instead is put back.
+    /// there instead is put back. A slot is freed only if it did not change hands since it
+    /// was read (then what was read is what it held: the kernel leaves expired open entries
+    /// and undelivered records alone).
     fn take(
         &mut self,
         key: &DnsKey,
         read: &DnsEntry,
+        home: &Home,
         now: u64,
         loss: &mut impl FnMut(u64, &str),
     ) -> Option<DnsEntry> {
+        if let Home::Slot { index, tag } = home {
+            if self.t.slots.free(*index, *tag) {
+                return Some(*read);
+            }
+            self.stats.races += 1;
+            return None;
+        }
         match take_entry(&self.t.dns, key) {
-            Ok(Some(taken)) if taken.first_ns == read.first_ns => Some(taken),
+            Ok(Some(taken)) if taken.first_ns == read.first_ns => {
+                self.t.slots.spill(key, -1);
+                Some(taken)
+            }
             Ok(Some(newer)) => {
                 self.stats.races += 1;
+                // The key stays counted as in the table while it is put back.
                 if self.t.dns.insert(key, &newer, 1 /* BPF_NOEXIST */).is_err() {
+                    self.t.slots.spill(key, -1);
                     loss(now, "a DNS table entry changed while the sweeper took it");
                 }
                 None
             }
+            // Removed by the kernel meanwhile (which gave the count back).
             Ok(None) => None,
             Err(err) => {
                 self.stats.read_errors += 1;
