@@ -197,7 +197,9 @@ pub mod counter {
     pub const DROP_OTHER_NODE: u32 = 18;
     /// Delivered entries removed by the kernel after their linger time.
     pub const DNS_LINGER_FREED: u32 = 19;
-    /// New queries that could not replace an expired entry still waiting for the sweeper.
+    /// New queries whose key was held by an entry still waiting for the sweeper: an expired
+    /// open one (the new query is not tracked) or one whose record the full ring could not
+    /// take (that record is lost). Both are noted in the loss history.
     pub const DNS_KEY_BUSY: u32 = 20;
     /// Answers to queries from other machines noted in the delivery ledger (`LEDGER`); per
     /// CPU, also the head of that CPU's segment.

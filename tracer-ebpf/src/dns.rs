@@ -513,6 +513,16 @@ pub struct At {
     pub vlan: u16,
 }
 
+/// A new query is about to replace entry `e` of the same key: if `e`'s record is still
+/// waiting for the sweeper (the ring was full), it is lost now, and noted as such.
+#[inline(always)]
+fn replace(e: &DnsEntry, now: u64) {
+    if e.flags & dns_flags::UNSENT != 0 {
+        count(counter::DNS_KEY_BUSY);
+        note_loss(now);
+    }
+}
+
 /// Opens an entry for query `m` seen in packet `p` (replacing whatever the key held).
 #[inline(always)]
 fn open(ctx: &TcContext, p: &Parsed, m: &Msg, at: At, end: u32, now: u64) {
@@ -623,6 +633,7 @@ pub fn on_tc<R: PacketReader>(ctx: &TcContext, r: &R, p: &Parsed, at: At, end: u
                 // The answer again after delivery (a copy at another point).
                 count(counter::DNS_LATE);
             } else {
+                replace(e, now);
                 open(ctx, p, &m, at, end, now);
             }
             Outcome::Done
@@ -692,6 +703,7 @@ fn on_open<R: PacketReader>(
                 return Outcome::Report;
             }
             catch_up(e, &m.key, dns_why::SUPERSEDED, now);
+            replace(e, now);
             open(ctx, p, m, at, end, now);
             return Outcome::Done;
         }

@@ -549,3 +549,62 @@ fn queries_sharing_a_slot_are_both_tracked_and_the_slot_is_reused_once_quiet() {
     let sums = read_all(&k.tables.summary, 16).expect("summaries");
     assert_eq!(sums.iter().map(|(_, v)| v.count).sum::<u64>(), 3);
 }
+
+/// Runs `prog` once on `frame` without draining the ring buffer.
+fn run_keep(k: &mut Kernel, prog: TcProgram, frame: &[u8]) {
+    let p: &SchedClassifier = k
+        .capture
+        .ebpf_mut()
+        .program(prog.name())
+        .expect("program present")
+        .try_into()
+        .expect("classifier");
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    p.test_run(opts).expect("test run");
+}
+
+#[test]
+fn a_new_query_replacing_an_unsent_record_notes_the_loss() {
+    if !privileged() {
+        return;
+    }
+    let mut cfg = LoadConfig {
+        ring_bytes: Some(4096),
+        ..LoadConfig::default()
+    };
+    cfg.dns.answered_flows = 1;
+    let mut k = kernel_with(cfg);
+    run_keep(&mut k, TcProgram::PodIn, &query());
+    // Fill the one-page ring with SYN records, then deliver the answer: its record does not
+    // fit and waits in the entry for the sweeper.
+    let syn = eth_ipv4(6, &tcp(40_000, 443, 0x02, &[]));
+    for _ in 0..32 {
+        run_keep(&mut k, TcProgram::PodIn, &syn);
+    }
+    run_keep(&mut k, TcProgram::PodOut, &answer());
+    let c = k.capture.counters().expect("counters");
+    assert_eq!(c.dns_ringbuf_full, 1);
+    let (_, e) = k.tables.dns_entries(16).expect("table")[0];
+    assert_ne!(e.flags & dns_flags::UNSENT, 0);
+    assert_eq!(c.dns_key_busy, 0);
+    // (The SYNs that did not fit were noted as lost; a later loss lands in a later slot of the
+    // loss history.)
+    let loss = |k: &Kernel| -> Vec<u64> {
+        let per_cpu = k.tables.loss.get(&0, 0).expect("loss");
+        per_cpu.iter().flat_map(|cpu| cpu.iter().copied()).collect()
+    };
+    std::thread::sleep(std::time::Duration::from_nanos(
+        2 * tracer_common::LOSS_SLOT_NS,
+    ));
+    let before = loss(&k);
+    // The client's next query reuses the key before the sweeper came: that record is lost,
+    // and the loss is on record for the daemon.
+    run_keep(&mut k, TcProgram::PodIn, &query());
+    assert_eq!(k.capture.counters().expect("counters").dns_key_busy, 1);
+    assert_ne!(
+        loss(&k),
+        before,
+        "the loss is noted in the kernel's loss history"
+    );
+}

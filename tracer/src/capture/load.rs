@@ -253,7 +253,7 @@ pub struct Counters {
     pub dns_linger_freed: u64,
     /// New queries whose slot was taken (tracked in the hash table instead).
     pub dns_slot_taken: u64,
-    /// New queries that could not replace an expired entry.
+    /// New queries whose key was held by an entry waiting for the sweeper (a loss either way).
     pub dns_key_busy: u64,
     /// Answers to other machines' queries noted in the delivery ledger.
     pub ledger_written: u64,
