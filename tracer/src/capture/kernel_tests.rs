@@ -48,16 +48,7 @@ fn run(k: &mut Kernel, prog: TcProgram, frame: &[u8]) -> Vec<Record> {
 /// Like [`run`], but `None` when the kernel refuses the frame itself (BPF_PROG_TEST_RUN
 /// validates some headers before the program runs).
 fn try_run(k: &mut Kernel, prog: TcProgram, frame: &[u8]) -> Option<Vec<Record>> {
-    let p: &SchedClassifier = k
-        .capture
-        .ebpf_mut()
-        .program(prog.name())
-        .expect("program present")
-        .try_into()
-        .expect("classifier");
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    let r = p.test_run(opts).ok()?;
+    let r = test_run(k, prog, frame)?;
     // TC_ACT_UNSPEC (-1, TCX_NEXT): the next program or filter decides, never the tracer.
     assert_eq!(
         r.return_value,
@@ -71,6 +62,20 @@ fn try_run(k: &mut Kernel, prog: TcProgram, frame: &[u8]) -> Option<Vec<Record>>
         );
     }
     Some(out)
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` on `frame` (`None` when the kernel refuses the frame).
+fn test_run(k: &mut Kernel, prog: TcProgram, frame: &[u8]) -> Option<aya::programs::TestRunResult> {
+    let p: &SchedClassifier = k
+        .capture
+        .ebpf_mut()
+        .program(prog.name())
+        .expect("program present")
+        .try_into()
+        .expect("classifier");
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    p.test_run(opts).ok()
 }
 
 fn kernel_with(cfg: LoadConfig) -> Kernel {
@@ -552,16 +557,7 @@ fn queries_sharing_a_slot_are_both_tracked_and_the_slot_is_reused_once_quiet() {
 
 /// Runs `prog` once on `frame` without draining the ring buffer.
 fn run_keep(k: &mut Kernel, prog: TcProgram, frame: &[u8]) {
-    let p: &SchedClassifier = k
-        .capture
-        .ebpf_mut()
-        .program(prog.name())
-        .expect("program present")
-        .try_into()
-        .expect("classifier");
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    p.test_run(opts).expect("test run");
+    test_run(k, prog, frame).expect("test run");
 }
 
 #[test]

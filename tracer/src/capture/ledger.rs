@@ -3,28 +3,20 @@
 //! the daemon searches it in place when a peer asks (no system call, no copy, nothing kept in
 //! userspace).
 
-use std::{
-    collections::HashMap,
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
-};
+use std::collections::HashMap;
 
-use aya::maps::{Array, IterableMap as _, MapData};
+use aya::maps::{Array, MapData};
 use tracer_common::LedgerSlot;
+
+use super::mapped::Mapped;
 
 /// The mapped ring.
 pub struct Ledger {
-    /// Keeps the map's file descriptor (and so the mapping's backing) alive.
-    _map: Array<MapData, LedgerSlot>,
-    base: NonNull<LedgerSlot>,
+    /// The mapped slots (read-only, read with volatile loads only).
+    mem: Mapped<LedgerSlot>,
     per_cpu: usize,
     slots: usize,
-    len: usize,
 }
-
-// SAFETY: the mapping is read-only shared memory, read with volatile loads only; moving the
-// owner to another thread changes nothing about that.
-unsafe impl Send for Ledger {}
 
 /// What a search of the ring found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,34 +42,11 @@ impl Ledger {
         if slots == 0 || u32::try_from(slots).is_err() {
             return Err(std::io::Error::other("the ledger has no slots"));
         }
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = slots.saturating_mul(std::mem::size_of::<LedgerSlot>());
-        let len = bytes.div_ceil(page).saturating_mul(page);
-        let fd = map.map().fd().as_fd().as_raw_fd();
-        // SAFETY: a read-only shared mapping of the map's value area, `len` bytes (the kernel
-        // rounds the area up to pages), at offset 0 as mmapable arrays require.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let base = NonNull::new(ptr.cast::<LedgerSlot>())
-            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        let mem = Mapped::new(map, slots, false)?;
         Ok(Self {
-            _map: map,
-            base,
+            mem,
             per_cpu,
             slots,
-            len,
         })
     }
 
@@ -89,7 +58,7 @@ impl Ledger {
         // SAFETY: `i` < slots, all inside the mapping; volatile reads of plain integers
         // (any bits are a valid LedgerSlot), never references into memory the kernel writes.
         unsafe {
-            let p = self.base.as_ptr().add(i);
+            let p = self.mem.base().add(i);
             let fp = std::ptr::read_volatile(&raw const (*p).fp);
             if fp == 0 {
                 return None;
@@ -132,12 +101,5 @@ impl Ledger {
             }
         }
         out
-    }
-}
-
-impl Drop for Ledger {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }

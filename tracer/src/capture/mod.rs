@@ -16,6 +16,7 @@ pub mod iface;
 pub mod kernel;
 pub mod ledger;
 pub mod load;
+pub mod mapped;
 pub mod netns;
 pub mod signals;
 pub mod slots;

@@ -2,14 +2,12 @@
 //! slots in place and frees one by compare-and-swap on its tag, the same way the kernel
 //! claims it, so a slot that changed hands since it was read is never freed by mistake.
 
-use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering, fence},
-};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-use aya::maps::{Array, IterableMap as _, MapData};
+use aya::maps::{Array, MapData};
 use tracer_common::{DnsEntry, DnsKey, DnsSlot, dns_flags, dns_slot_index, dns_state};
+
+use super::mapped::Mapped;
 
 /// One occupied slot as read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,16 +24,10 @@ pub struct SlotRead {
 
 /// The mapped slots.
 pub struct Slots {
-    /// Keeps the map's file descriptor (and so the mapping's backing) alive.
-    _map: Array<MapData, DnsSlot>,
-    base: NonNull<DnsSlot>,
+    /// The mapped slots (read-write, accessed with volatile reads and atomics only).
+    mem: Mapped<DnsSlot>,
     count: u32,
-    len: usize,
 }
-
-// SAFETY: shared memory accessed with volatile reads and atomic operations only; moving the
-// owner to another thread changes nothing about that.
-unsafe impl Send for Slots {}
 
 impl Slots {
     /// Maps `map`, an array created with `BPF_F_MMAPABLE` of `count` slots (a power of two).
@@ -45,39 +37,13 @@ impl Slots {
                 "the slot count is not a power of two",
             ));
         }
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (count as usize).saturating_mul(std::mem::size_of::<DnsSlot>());
-        let len = bytes.div_ceil(page).saturating_mul(page);
-        let fd = map.map().fd().as_fd().as_raw_fd();
-        // SAFETY: a shared read-write mapping of the map's value area, `len` bytes (the kernel
-        // rounds the area up to pages), at offset 0 as mmapable arrays require.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let base = NonNull::new(ptr.cast::<DnsSlot>())
-            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(Self {
-            _map: map,
-            base,
-            count,
-            len,
-        })
+        let mem = Mapped::new(map, count as usize, true)?;
+        Ok(Self { mem, count })
     }
 
     fn ptr(&self, index: u32) -> Option<*mut DnsSlot> {
         // SAFETY: `index` < count: inside the mapping.
-        (index < self.count).then(|| unsafe { self.base.as_ptr().add(index as usize) })
+        (index < self.count).then(|| unsafe { self.mem.base().add(index as usize) })
     }
 
     fn tag(&self, p: *mut DnsSlot) -> &AtomicU64 {
@@ -155,12 +121,5 @@ impl Slots {
             let c = unsafe { AtomicU32::from_ptr(&raw mut (*p).spilled) };
             c.fetch_add(delta as u32, Ordering::AcqRel);
         }
-    }
-}
-
-impl Drop for Slots {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
