@@ -66,6 +66,18 @@ impl Drop for Stub {
     }
 }
 
+/// The lab, pinned to replica A, and its client pod.
+fn lab_with_client() -> (lab::LabGuard, lab::Pod) {
+    let guard = lab::LabGuard::up().expect("lab up");
+    lab::pin(lab::Pin::A).expect("pin a");
+    let client = guard
+        .topology()
+        .pod("default", "client")
+        .expect("client")
+        .clone();
+    (guard, client)
+}
+
 fn dropped_verdict(tracer: &TracerProcess, client_ip: &str) -> Value {
     tracer
         .wait_for(VERDICT_WAIT, |v| {
@@ -88,13 +100,7 @@ fn other_program_keeps_deciding(mode: &str, stub_mode: &str, before: bool) {
     if !privileged() {
         return;
     }
-    let guard = lab::LabGuard::up().expect("lab up");
-    lab::pin(lab::Pin::A).expect("pin a");
-    let client = guard
-        .topology()
-        .pod("default", "client")
-        .expect("client")
-        .clone();
+    let (guard, client) = lab_with_client();
     let args = ["--window", "2s", "--answered", "flows", "--tc-attach", mode];
     let (stub, tracer) = if before {
         let stub = Stub::start(&client.host_veth, stub_mode);
@@ -178,13 +184,7 @@ fn a_deleted_filter_is_attached_again() {
     if !privileged() {
         return;
     }
-    let guard = lab::LabGuard::up().expect("lab up");
-    lab::pin(lab::Pin::A).expect("pin a");
-    let client = guard
-        .topology()
-        .pod("default", "client")
-        .expect("client")
-        .clone();
+    let (guard, client) = lab_with_client();
     let tracer = TracerProcess::start(
         lab::NS_NODE_A,
         &[
@@ -240,6 +240,42 @@ fn a_deleted_filter_is_attached_again() {
         client.host_veth.as_str(),
         "{v:#}"
     );
+    drop(tracer);
+    drop(guard);
+}
+
+/// The benchmark's baseline (`--empty-programs`, devtools build) attaches the empty program at
+/// the hooks instead of the tracer's, and it only observes: queries are answered and the tracer
+/// reports nothing of them. Without this, "empty programs / off" could measure the wrong thing.
+#[test]
+fn the_benchmark_baseline_attaches_only_the_empty_program() {
+    if !privileged() {
+        return;
+    }
+    let (guard, client) = lab_with_client();
+    let tracer = TracerProcess::start(
+        lab::NS_NODE_A,
+        &[
+            "--tc-attach",
+            "netlink",
+            "--empty-programs",
+            "--answered",
+            "flows",
+            "--window",
+            "1s",
+        ],
+    )
+    .expect("tracer");
+    let filters = clsact_filters(&client.host_veth);
+    assert!(filters.contains("tc_empty"), "{filters}");
+    assert!(!filters.contains("tc_pod_in"), "{filters}");
+    assert!(!filters.contains("tc_pod_out"), "{filters}");
+    let from = tracer.line_count();
+    assert!(dig(&client.netns, &["@198.19.0.10", NAME]).contains("198.19.0.1"));
+    let verdict = tracer.wait_for_from(from, Duration::from_secs(4), |v| {
+        v["client"]["ip"] == client.ip.to_string().as_str()
+    });
+    assert!(verdict.is_none(), "{verdict:#?}");
     drop(tracer);
     drop(guard);
 }

@@ -179,6 +179,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_drops: bool,
 
+    /// Attach the empty tc program at every hook instead (benchmark baseline).
+    #[cfg(feature = "devtools")]
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+
     /// How long a query or connection may stay open before its verdict is decided
     /// (e.g. 5s, 1500ms). The default matches the usual resolver timeout.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]

@@ -1,5 +1,6 @@
-//! Load benchmark: DNS throughput through the lab with the tracer off and on, measured in one
-//! run, with the tracer's CPU time, peak memory and its own loss counters.
+//! Load benchmark: DNS throughput through the lab with the tracer off, with the empty program
+//! at every hook (the cost of the hooks themselves and the running daemon) and on, measured in
+//! one run, with the tracer's CPU time, peak memory and its own loss counters.
 
 #![allow(
     clippy::indexing_slicing,
@@ -141,11 +142,26 @@ pub fn counter(stderr: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// One tracer-on window: start the tracer, load for `seconds` (stopping the daemon for
-/// `stop_s` seconds in the middle when non-zero), stop it (its last summaries are flushed on
-/// exit), count what it printed.
-fn on_window(ns: &str, seconds: u32, stop_s: u64, stats: bool) -> Result<OnWindow> {
-    let mut tracer = TracerProcess::start(lab::NS_NODE_A, &["--stats-interval", "60s"])?;
+/// How a tracer-on window runs.
+#[derive(Clone, Copy, Default)]
+struct Window {
+    /// Stop the daemon (SIGSTOP) for this many seconds in the middle; 0: never.
+    stop_s: u64,
+    /// Collect the programs' kernel run time (kernel.bpf_stats_enabled must be on).
+    stats: bool,
+    /// Attach the empty program at every hook instead of the tracer's.
+    empty: bool,
+}
+
+/// One tracer-on window: start the tracer, load for `seconds` (stopping the daemon in the
+/// middle when asked), stop it (its last summaries are flushed on exit), count what it printed.
+fn on_window(ns: &str, seconds: u32, how: Window) -> Result<OnWindow> {
+    let mut args = vec!["--stats-interval", "60s"];
+    if how.empty {
+        args.push("--empty-programs");
+    }
+    let mut tracer = TracerProcess::start(lab::NS_NODE_A, &args)?;
+    let stop_s = how.stop_s;
     let pid = tracer.pid();
     let before = usage(pid).unwrap_or_default();
     let started = Instant::now();
@@ -167,7 +183,11 @@ fn on_window(ns: &str, seconds: u32, stop_s: u64, stats: bool) -> Result<OnWindo
     }
     let wall = started.elapsed();
     let after = usage(pid).unwrap_or_default();
-    let programs = if stats { program_stats()? } else { Vec::new() };
+    let programs = if how.stats {
+        program_stats()?
+    } else {
+        Vec::new()
+    };
     // Queries still open when dnsperf ended get their verdicts on exit.
     std::thread::sleep(Duration::from_millis(500));
     tracer.stop()?;
@@ -221,9 +241,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Runs the load benchmark: `pairs` tracer-off / tracer-on windows of `seconds` each,
-/// alternating, then one tracer-on window with the daemon stopped (SIGSTOP) for 3 s in the
-/// middle, then the idle cost. Prints the figures.
+/// Runs the load benchmark: `pairs` rounds of a tracer-off, an empty-programs and a tracer-on
+/// window of `seconds` each, then one tracer-on window with the daemon stopped (SIGSTOP) for
+/// 3 s in the middle, kernel run time of the tracer's and of the empty programs, then the idle
+/// cost. Prints the figures.
 pub fn run(seconds: u32, pairs: u32) -> Result<()> {
     let guard = lab::LabGuard::up()?;
     lab::pin(lab::Pin::A)?;
@@ -234,7 +255,7 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
         .clone();
 
     println!(
-        "DNS load through the lab (client pod → kube-dns ClusterIP → local unbound), dnsperf -c 4 -q 200, {seconds} s windows, tracer off/on alternating, one run"
+        "DNS load through the lab (client pod → kube-dns ClusterIP → local unbound), dnsperf -c 4 -q 200, {seconds} s windows, tracer off / empty programs / on in turn, one run"
     );
     println!(
         "{:<8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9}",
@@ -250,6 +271,8 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
         "k-lost"
     );
     let mut ratios = Vec::new();
+    let mut empty_ratios = Vec::new();
+    let mut over_empty = Vec::new();
     let mut worst_cpu = 0f64;
     let mut worst_rss = 0u64;
     let mut mismatch = Vec::new();
@@ -285,22 +308,63 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
             off.qps,
             off.completed
         );
-        let on = on_window(&client.netns, seconds, 0, false)?;
+        let empty = on_window(
+            &client.netns,
+            seconds,
+            Window {
+                empty: true,
+                ..Window::default()
+            },
+        )?;
+        let empty_qps = empty.perf.as_ref().map_or(0.0, |p| p.qps);
+        println!(
+            "{:<8} {:>10.0} {:>10} {:>54.1}",
+            format!("empty {}", i + 1),
+            empty_qps,
+            empty.perf.as_ref().map_or(0, |p| p.completed),
+            100.0 * empty.cpu_s / empty.wall_s.max(0.001)
+        );
+        let on = on_window(&client.netns, seconds, Window::default())?;
         report(&format!("on {}", i + 1), &on)?;
         let on_qps = on.perf.as_ref().map_or(0.0, |p| p.qps);
         ratios.push(on_qps / off.qps.max(1.0));
+        empty_ratios.push(empty_qps / off.qps.max(1.0));
+        over_empty.push(on_qps / empty_qps.max(1.0));
     }
-    let stopped = on_window(&client.netns, seconds, 3, false)?;
+    let stopped = on_window(
+        &client.netns,
+        seconds,
+        Window {
+            stop_s: 3,
+            ..Window::default()
+        },
+    )?;
     report("on+stop", &stopped)?;
 
     // Where the kernel time goes: one more on-window with BPF run-time statistics (they cost a
     // clock read per run, so this window is not one of the pairs).
     let was = fs::read_to_string(BPF_STATS).unwrap_or_default();
     fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let timed = on_window(&client.netns, seconds, 0, true);
+    let timed = on_window(
+        &client.netns,
+        seconds,
+        Window {
+            stats: true,
+            ..Window::default()
+        },
+    );
+    let timed_empty = on_window(
+        &client.netns,
+        seconds,
+        Window {
+            stats: true,
+            empty: true,
+            ..Window::default()
+        },
+    );
     fs::write(BPF_STATS, if was.trim() == "1" { "1" } else { "0" })
         .context("restoring kernel.bpf_stats_enabled")?;
-    let timed = timed?;
+    let (timed, timed_empty) = (timed?, timed_empty?);
     report("on+stats", &timed)?;
 
     // Idle: attached, no load.
@@ -315,16 +379,21 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
 
     let worst_mismatch = mismatch.iter().copied().fold(0.0, f64::max);
     println!();
-    println!(
-        "qps on/off: median {:.3} over {} pairs ({})",
-        median(ratios.clone()),
-        ratios.len(),
-        ratios
-            .iter()
-            .map(|r| format!("{r:.3}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    for (what, v) in [
+        ("qps on/off", &ratios),
+        ("qps empty programs/off", &empty_ratios),
+        ("qps on/empty programs", &over_empty),
+    ] {
+        println!(
+            "{what}: median {:.3} over {} rounds ({})",
+            median(v.clone()),
+            v.len(),
+            v.iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "answered (summary counts + per-flow lines) vs dnsperf completed: worst difference {:.4} %",
         100.0 * worst_mismatch
@@ -336,18 +405,13 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
         "tracer under load: at most {worst_cpu:.1} % of one core, peak RSS {:.1} MiB; idle: {idle:.2} % of one core",
         worst_rss as f64 / 1024.0
     );
-    let completed = timed.perf.as_ref().map_or(0, |p| p.completed).max(1) as f64;
-    println!("kernel time per program in the on+stats window (kernel.bpf_stats_enabled):");
-    let mut per_query = 0.0;
-    for (name, runs, ns) in timed.programs.iter().filter(|p| p.1 > 0) {
-        let avg = *ns as f64 / (*runs).max(1) as f64;
-        per_query += *ns as f64 / completed;
-        println!(
-            "  {name:<14} {runs:>10} runs {avg:>8.1} ns/run {:>6.2} runs/query",
-            *runs as f64 / completed
-        );
-    }
-    println!("  all programs: {per_query:.0} ns of kernel time per completed query");
+    println!("kernel time per program under load (kernel.bpf_stats_enabled):");
+    let tracer_ns = print_programs("tracer", &timed);
+    let empty_ns = print_programs("empty programs", &timed_empty);
+    println!(
+        "  per completed query: tracer {tracer_ns:.0} ns, empty programs {empty_ns:.0} ns ({:.1}x)",
+        tracer_ns / empty_ns.max(1.0)
+    );
     println!(
         "  queries tracked in their slot: {:.1} % ({} of {}; the rest found it taken)",
         100.0 * timed.tracked.saturating_sub(timed.slot_taken) as f64 / timed.tracked.max(1) as f64,
@@ -355,4 +419,19 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
         timed.tracked
     );
     Ok(())
+}
+
+/// Prints a window's kernel time per program; returns all programs' time per completed query.
+fn print_programs(label: &str, w: &OnWindow) -> f64 {
+    let completed = w.perf.as_ref().map_or(0, |p| p.completed).max(1) as f64;
+    let mut per_query = 0.0;
+    for (name, runs, ns) in w.programs.iter().filter(|p| p.1 > 0) {
+        let avg = *ns as f64 / (*runs).max(1) as f64;
+        per_query += *ns as f64 / completed;
+        println!(
+            "  {label:<15} {name:<14} {runs:>10} runs {avg:>8.1} ns/run {:>6.2} runs/query",
+            *runs as f64 / completed
+        );
+    }
+    per_query
 }

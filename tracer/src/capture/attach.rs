@@ -63,6 +63,8 @@ pub struct AttachManager {
     hooks: HookTable,
     /// Interfaces whose hooks were not listed since their programs were attached.
     hooks_pending: HashSet<u32>,
+    /// Attach the empty program at every hook instead (benchmark baseline).
+    empty: bool,
 }
 
 /// The programs for each role: (ingress, egress).
@@ -120,7 +122,16 @@ impl AttachManager {
             stats: AttachStats::default(),
             hooks: HookTable::default(),
             hooks_pending: HashSet::new(),
+            empty: false,
         }
+    }
+
+    /// Attaches the empty program at every hook instead of the tracer's: the benchmark's
+    /// baseline, the cost of the hooks themselves with the daemon running.
+    #[cfg(feature = "devtools")]
+    pub fn with_empty_programs(mut self) -> Self {
+        self.empty = true;
+        self
     }
 
     /// Lists the namespace's links and attaches to each one that qualifies. On the first call,
@@ -338,7 +349,11 @@ impl AttachManager {
     /// Attaches the programs of the interface's kind.
     fn attach(&mut self, ifindex: u32, capture: &mut Capture) {
         let iface = self.table.lookup(ifindex);
-        let (ingress, egress) = programs_for(iface.kind);
+        let (ingress, egress) = if self.empty {
+            (TcProgram::Empty, TcProgram::Empty)
+        } else {
+            programs_for(iface.kind)
+        };
         let mut links = Vec::with_capacity(2);
         for (prog, is_ingress) in [(ingress, true), (egress, false)] {
             match capture.attach_tc(prog, ifindex, is_ingress) {

@@ -168,6 +168,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).context("opening netlink")?;
     tokio::spawn(conn);
     let mut mgr = AttachManager::new(classifier);
+    #[cfg(feature = "devtools")]
+    if args.empty_programs {
+        mgr = mgr.with_empty_programs();
+    }
     mgr.discover(&handle, &mut capture)
         .await
         .context("listing interfaces")?;
