@@ -161,18 +161,17 @@ fn on_window(ns: &str, seconds: u32, how: Window) -> Result<OnWindow> {
         args.push("--empty-programs");
     }
     let mut tracer = TracerProcess::start(lab::NS_NODE_A, &args)?;
-    let stop_s = how.stop_s;
     let pid = tracer.pid();
     let before = usage(pid).unwrap_or_default();
     let started = Instant::now();
-    let stopper = (stop_s > 0).then(|| {
+    let stopper = (how.stop_s > 0).then(|| {
         let pid = libc::pid_t::try_from(pid).unwrap_or(0);
         let half = Duration::from_secs(u64::from(seconds) / 2);
         std::thread::spawn(move || {
             std::thread::sleep(half);
             // SAFETY: kill(2) on the tracer process this benchmark started.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
-            std::thread::sleep(Duration::from_secs(stop_s));
+            std::thread::sleep(Duration::from_secs(how.stop_s));
             // SAFETY: as above.
             unsafe { libc::kill(pid, libc::SIGCONT) };
         })
@@ -341,8 +340,8 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
     )?;
     report("on+stop", &stopped)?;
 
-    // Where the kernel time goes: one more on-window with BPF run-time statistics (they cost a
-    // clock read per run, so this window is not one of the pairs).
+    // Where the kernel time goes: one tracer-on and one empty-programs window with BPF run-time
+    // statistics (they cost a clock read per run, so these windows are not among the rounds).
     let was = fs::read_to_string(BPF_STATS).unwrap_or_default();
     fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
     let timed = on_window(
