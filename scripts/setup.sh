@@ -24,6 +24,8 @@ apt_packages=(
   # tests/tests/accuracy.rs: a DNS client with a connected socket or a tiny receive buffer.
   python3
   bpftool
+  # cargo xtask bench --profile: perf samples of the tracer's programs under load.
+  linux-perf
   llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev
   build-essential pkg-config ca-certificates curl openssl xz-utils
   # The image (`cargo xtask image`, tests/tests/image.rs): buildah builds it, podman runs it with

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{lab, tracer::TracerProcess};
+use crate::{lab, profile, tracer::TracerProcess};
 
 /// Result of one dnsperf run.
 struct Perf {
@@ -109,6 +109,8 @@ struct OnWindow {
     /// Queries the kernel tracked, and those of them whose slot was taken (hash table).
     tracked: u64,
     slot_taken: u64,
+    /// Kernel time by source line, when the window was profiled.
+    profile: Option<profile::Profile>,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -151,6 +153,8 @@ struct Window {
     stats: bool,
     /// Attach the empty program at every hook instead of the tracer's.
     empty: bool,
+    /// Sample every CPU with perf during the load (see [`crate::profile`]).
+    profile: bool,
 }
 
 /// One tracer-on window: start the tracer, load for `seconds` (stopping the daemon in the
@@ -176,10 +180,22 @@ fn on_window(ns: &str, seconds: u32, how: Window) -> Result<OnWindow> {
             unsafe { libc::kill(pid, libc::SIGCONT) };
         })
     });
+    let recording = how.profile.then(|| profile::start(seconds)).transpose()?;
     let perf = dnsperf(ns, seconds)?;
     if let Some(t) = stopper {
         let _ = t.join();
     }
+    // The line tables are read while the programs are loaded.
+    let profile = match recording {
+        Some(r) => {
+            let ids: Vec<u32> = crate::tracer::our_programs()?
+                .iter()
+                .filter_map(|p| p["id"].as_u64().and_then(|id| u32::try_from(id).ok()))
+                .collect();
+            Some(r.finish(&profile::Programs::read(&ids)?)?)
+        }
+        None => None,
+    };
     let wall = started.elapsed();
     let after = usage(pid).unwrap_or_default();
     let programs = if how.stats {
@@ -195,6 +211,7 @@ fn on_window(ns: &str, seconds: u32, how: Window) -> Result<OnWindow> {
         wall_s: wall.as_secs_f64(),
         peak_rss_kib: after.1,
         programs,
+        profile,
         ..OnWindow::default()
     };
     for v in tracer.lines() {
@@ -243,8 +260,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Runs the load benchmark: `pairs` rounds of a tracer-off, an empty-programs and a tracer-on
 /// window of `seconds` each, then one tracer-on window with the daemon stopped (SIGSTOP) for
 /// 3 s in the middle, kernel run time of the tracer's and of the empty programs, then the idle
-/// cost. Prints the figures.
-pub fn run(seconds: u32, pairs: u32) -> Result<()> {
+/// cost. With `profile`, the tracer's kernel time in the statistics window is also broken down by
+/// source line. Prints the figures.
+pub fn run(seconds: u32, pairs: u32, profile: bool) -> Result<()> {
     let guard = lab::LabGuard::up()?;
     lab::pin(lab::Pin::A)?;
     let client = guard
@@ -349,6 +367,7 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
         seconds,
         Window {
             stats: true,
+            profile,
             ..Window::default()
         },
     );
@@ -417,6 +436,9 @@ pub fn run(seconds: u32, pairs: u32) -> Result<()> {
         timed.tracked.saturating_sub(timed.slot_taken),
         timed.tracked
     );
+    if let Some(p) = &timed.profile {
+        profile::print(p, timed.perf.as_ref().map_or(0, |p| p.completed), 20);
+    }
     Ok(())
 }
 

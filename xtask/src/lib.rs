@@ -7,4 +7,5 @@ pub mod demo;
 pub mod image;
 pub mod lab;
 pub mod pod;
+pub mod profile;
 pub mod tracer;

@@ -43,6 +43,10 @@ enum Command {
         /// Skip the per-packet benchmark (BPF_PROG_TEST_RUN).
         #[arg(long)]
         no_packets: bool,
+        /// With --load: also break the tracer's kernel time under load down by source line
+        /// (perf samples of every CPU mapped through the programs' line tables).
+        #[arg(long, requires = "load")]
+        profile: bool,
     },
     /// Property/fuzz tests of every parser of kernel, network and API data (the tracer's
     /// `fuzz_*` tests) with many cases each, built with overflow checks (profile `fuzz`);
@@ -290,6 +294,7 @@ fn main() -> Result<()> {
             load,
             pairs,
             no_packets,
+            profile,
         } => {
             cargo(&[
                 "build",
@@ -312,7 +317,7 @@ fn main() -> Result<()> {
             if let Some(seconds) = load {
                 // SAFETY: plain setenv before any thread is spawned by this process.
                 unsafe { std::env::set_var("TRACER_BIN", &bin) };
-                xtask::bench::run(seconds, pairs)?;
+                xtask::bench::run(seconds, pairs, profile)?;
             }
             Ok(())
         }
