@@ -137,8 +137,9 @@ pub struct LineCost {
 pub struct Profile {
     /// Samples per source line of the programs.
     pub lines: HashMap<Line, LineCost>,
-    /// All samples of the window (every CPU), and those charged to the programs.
+    /// All samples of the window (every CPU).
     pub total: u64,
+    /// The samples charged to the programs (their own code and what they called).
     pub in_programs: u64,
 }
 
