@@ -115,10 +115,10 @@ struct OnWindow {
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// Run count and run time of the tracer's programs loaded now (the kernel keeps them while
-/// `kernel.bpf_stats_enabled` is 1).
-fn program_stats() -> Result<Vec<(String, u64, u64)>> {
-    Ok(crate::tracer::our_programs()?
+/// Run count and run time of the tracer's programs `loaded` (as `our_programs` lists them;
+/// the kernel keeps these figures while `kernel.bpf_stats_enabled` is 1).
+fn program_stats(loaded: &[serde_json::Value]) -> Vec<(String, u64, u64)> {
+    loaded
         .iter()
         .map(|p| {
             (
@@ -127,7 +127,7 @@ fn program_stats() -> Result<Vec<(String, u64, u64)>> {
                 p["run_time_ns"].as_u64().unwrap_or(0),
             )
         })
-        .collect())
+        .collect()
 }
 
 /// A number from the last `counters` line of the tracer's stderr (first occurrence of `name`).
@@ -185,23 +185,28 @@ fn on_window(ns: &str, seconds: u32, how: Window) -> Result<OnWindow> {
     if let Some(t) = stopper {
         let _ = t.join();
     }
+    let wall = started.elapsed();
+    let after = usage(pid).unwrap_or_default();
+    let loaded = if how.stats || recording.is_some() {
+        crate::tracer::our_programs()?
+    } else {
+        Vec::new()
+    };
+    let programs = if how.stats {
+        program_stats(&loaded)
+    } else {
+        Vec::new()
+    };
     // The line tables are read while the programs are loaded.
     let profile = match recording {
         Some(r) => {
-            let ids: Vec<u32> = crate::tracer::our_programs()?
+            let ids: Vec<u32> = loaded
                 .iter()
                 .filter_map(|p| p["id"].as_u64().and_then(|id| u32::try_from(id).ok()))
                 .collect();
             Some(r.finish(&profile::Programs::read(&ids)?)?)
         }
         None => None,
-    };
-    let wall = started.elapsed();
-    let after = usage(pid).unwrap_or_default();
-    let programs = if how.stats {
-        program_stats()?
-    } else {
-        Vec::new()
     };
     // Queries still open when dnsperf ended get their verdicts on exit.
     std::thread::sleep(Duration::from_millis(500));

@@ -56,57 +56,49 @@ struct Func {
     start: u64,
     end: u64,
     /// JIT address of each line-info record, sorted, with its line.
-    lines: Vec<(u64, usize)>,
+    lines: Vec<(u64, Line)>,
 }
 
 /// The line tables of the tracer's programs loaded now.
 #[derive(Default)]
 pub struct Programs {
     funcs: Vec<Func>,
-    lines: Vec<Line>,
 }
 
 impl Programs {
     /// Reads the tables of the programs with these ids (they must be loaded).
     pub fn read(ids: &[u32]) -> Result<Self> {
-        let mut p = Programs::default();
-        let mut known: HashMap<Line, usize> = HashMap::new();
+        let mut funcs = Vec::new();
         for &id in ids {
             let fd = fd_by_id(bpf_cmd::BPF_PROG_GET_FD_BY_ID, id)?;
             let t = prog_tables(&fd).with_context(|| format!("program {id}: line tables"))?;
             let strings = btf_strings(t.btf_id).with_context(|| format!("program {id}: BTF"))?;
             for (i, (&start, &len)) in t.ksyms.iter().zip(&t.func_lens).enumerate() {
-                let end = start + u64::from(len);
-                let mut lines = Vec::new();
-                for (addr, li) in t.jited_lines.iter().zip(&t.lines) {
-                    if !(start..end).contains(addr) {
-                        continue;
-                    }
-                    let file = string_at(&strings, li.file_name_off);
-                    let short: Vec<&str> = file.rsplit('/').take(2).collect();
-                    let line = Line {
-                        place: format!(
-                            "{}:{}",
-                            short.into_iter().rev().collect::<Vec<_>>().join("/"),
-                            li.line_col >> 10
-                        ),
-                        text: string_at(&strings, li.line_off).trim().to_owned(),
-                    };
-                    let n = known.len();
-                    let idx = *known.entry(line.clone()).or_insert_with(|| {
-                        p.lines.push(line);
-                        n
-                    });
-                    lines.push((*addr, idx));
-                }
-                lines.sort_unstable();
+                let end = start.saturating_add(u64::from(len));
+                let mut lines: Vec<(u64, Line)> = t
+                    .jited_lines
+                    .iter()
+                    .zip(&t.lines)
+                    .filter(|(addr, _)| (start..end).contains(*addr))
+                    .map(|(&addr, li)| {
+                        let file = string_at(&strings, li.file_name_off);
+                        let mut short: Vec<&str> = file.rsplit('/').take(2).collect();
+                        short.reverse();
+                        let line = Line {
+                            place: format!("{}:{}", short.join("/"), li.line_col >> 10),
+                            text: string_at(&strings, li.line_off).trim().to_owned(),
+                        };
+                        (addr, line)
+                    })
+                    .collect();
                 if lines.is_empty() {
                     bail!("program {id}, function {i}: no line info (built without BTF?)");
                 }
-                p.funcs.push(Func { start, end, lines });
+                lines.sort_unstable_by_key(|(addr, _)| *addr);
+                funcs.push(Func { start, end, lines });
             }
         }
-        Ok(p)
+        Ok(Programs { funcs })
     }
 
     /// The line of JIT address `addr`, if it lies in one of the programs.
@@ -119,7 +111,7 @@ impl Programs {
             .lines
             .partition_point(|(a, _)| *a <= addr)
             .checked_sub(1)?;
-        f.lines.get(i).and_then(|(_, l)| self.lines.get(*l))
+        f.lines.get(i).map(|(_, l)| l)
     }
 }
 
@@ -393,9 +385,11 @@ mod tests {
             funcs: vec![Func {
                 start: 0x1000,
                 end: 0x1100,
-                lines: vec![(0x1000, 0), (0x1040, 1)],
+                lines: vec![
+                    (0x1000, line("src/a.rs:1", "let a = 1;")),
+                    (0x1040, line("src/a.rs:2", "f(a)")),
+                ],
             }],
-            lines: vec![line("src/a.rs:1", "let a = 1;"), line("src/a.rs:2", "f(a)")],
         }
     }
 
