@@ -22,7 +22,18 @@ struct Perf {
     completed: u64,
 }
 
-fn dnsperf(ns: &str, seconds: u32) -> Result<Perf> {
+/// Where and how long dnsperf runs.
+#[derive(Clone, Copy)]
+struct Load<'a> {
+    /// The client pod's network namespace.
+    netns: &'a str,
+    /// Window length.
+    seconds: u32,
+    /// The CPU dnsperf is restricted to (the replica runs on another one), if any.
+    cpu: Option<usize>,
+}
+
+fn dnsperf(load: Load<'_>) -> Result<Perf> {
     let data = std::env::temp_dir().join("tracer-bench-queries.txt");
     let names = [
         "kubernetes.default.svc.cluster.local A",
@@ -30,23 +41,31 @@ fn dnsperf(ns: &str, seconds: u32) -> Result<Perf> {
         "nosuch.default.svc.cluster.local A",
     ];
     fs::write(&data, names.join("\n") + "\n").context("writing the query file")?;
-    let secs = seconds.to_string();
+    let secs = load.seconds.to_string();
     let data_s = data.to_string_lossy().into_owned();
+    let cpu = load.cpu.map(|c| c.to_string());
+    let pin: Vec<&str> = cpu
+        .as_deref()
+        .map_or_else(Vec::new, |c| vec!["taskset", "-c", c]);
     let out = lab::exec_in(
-        ns,
+        load.netns,
         &[
-            "dnsperf",
-            "-s",
-            "198.19.0.10",
-            "-d",
-            &data_s,
-            "-l",
-            &secs,
-            "-c",
-            "4",
-            "-q",
-            "200",
-        ],
+            pin.as_slice(),
+            &[
+                "dnsperf",
+                "-s",
+                "198.19.0.10",
+                "-d",
+                &data_s,
+                "-l",
+                &secs,
+                "-c",
+                "4",
+                "-q",
+                "200",
+            ],
+        ]
+        .concat(),
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |label: &str| -> Option<f64> {
@@ -159,7 +178,8 @@ struct Window {
 
 /// One tracer-on window: start the tracer, load for `seconds` (stopping the daemon in the
 /// middle when asked), stop it (its last summaries are flushed on exit), count what it printed.
-fn on_window(ns: &str, seconds: u32, how: Window) -> Result<OnWindow> {
+fn on_window(load: Load<'_>, how: Window) -> Result<OnWindow> {
+    let seconds = load.seconds;
     let mut args = vec!["--stats-interval", "60s"];
     if how.empty {
         args.push("--empty-programs");
@@ -181,7 +201,7 @@ fn on_window(ns: &str, seconds: u32, how: Window) -> Result<OnWindow> {
         })
     });
     let recording = how.profile.then(|| profile::start(seconds)).transpose()?;
-    let perf = dnsperf(ns, seconds)?;
+    let perf = dnsperf(load)?;
     if let Some(t) = stopper {
         let _ = t.join();
     }
@@ -253,6 +273,22 @@ fn on_window(ns: &str, seconds: u32, how: Window) -> Result<OnWindow> {
     Ok(w)
 }
 
+/// The kinds of window of a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Off,
+    Empty,
+    On,
+}
+
+/// The order of round `i`'s windows. It turns each round (off, empty, on; empty, on, off; on,
+/// off, empty), so that a drift of the machine's speed during the run favours no kind.
+fn round_order(i: u32) -> [Kind; 3] {
+    const KINDS: [Kind; 3] = [Kind::Off, Kind::Empty, Kind::On];
+    let r = (i % 3) as usize;
+    [KINDS[r], KINDS[(r + 1) % 3], KINDS[(r + 2) % 3]]
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -263,7 +299,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs the load benchmark: `pairs` rounds of a tracer-off, an empty-programs and a tracer-on
-/// window of `seconds` each, then one tracer-on window with the daemon stopped (SIGSTOP) for
+/// window of `seconds` each (dnsperf and the replica pinned to CPUs of their own), then one tracer-on window with the daemon stopped (SIGSTOP) for
 /// 3 s in the middle, kernel run time of the tracer's and of the empty programs, then the idle
 /// cost. With `profile`, the tracer's kernel time in the statistics window is also broken down by
 /// source line. Prints the figures.
@@ -275,9 +311,27 @@ pub fn run(seconds: u32, pairs: u32, profile: bool) -> Result<()> {
         .pod("default", "client")
         .context("client pod")?
         .clone();
-
+    // dnsperf and the replica on a CPU each: left to the scheduler, where it puts them changes
+    // the throughput by up to ±8 % from one window to the next (measured), more than what is
+    // measured here; pinned, by about ±1 %.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = if cpus >= 2 {
+        lab::pin_replica_cpu(lab::Replica::A, Some(cpus - 1))?;
+        Some(0)
+    } else {
+        None
+    };
+    let load = Load {
+        netns: &client.netns,
+        seconds,
+        cpu,
+    };
+    let placement = match cpu {
+        Some(c) => format!("dnsperf on CPU {c}, the replica on CPU {}", cpus - 1),
+        None => "one CPU".to_owned(),
+    };
     println!(
-        "DNS load through the lab (client pod → kube-dns ClusterIP → local unbound), dnsperf -c 4 -q 200, {seconds} s windows, tracer off / empty programs / on in turn, one run"
+        "DNS load through the lab (client pod → kube-dns ClusterIP → local unbound), dnsperf -c 4 -q 200, {placement}, {seconds} s windows, tracer off / empty programs / on in turn (the order turning each round), one run"
     );
     println!(
         "{:<8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9}",
@@ -323,39 +377,49 @@ pub fn run(seconds: u32, pairs: u32, profile: bool) -> Result<()> {
         Ok(())
     };
     for i in 0..pairs {
-        let off = dnsperf(&client.netns, seconds)?;
-        println!(
-            "{:<8} {:>10.0} {:>10}",
-            format!("off {}", i + 1),
-            off.qps,
-            off.completed
-        );
-        let empty = on_window(
-            &client.netns,
-            seconds,
-            Window {
-                empty: true,
-                ..Window::default()
-            },
-        )?;
-        let empty_qps = empty.perf.as_ref().map_or(0.0, |p| p.qps);
-        println!(
-            "{:<8} {:>10.0} {:>10} {:>54.1}",
-            format!("empty {}", i + 1),
-            empty_qps,
-            empty.perf.as_ref().map_or(0, |p| p.completed),
-            100.0 * empty.cpu_s / empty.wall_s.max(0.001)
-        );
-        let on = on_window(&client.netns, seconds, Window::default())?;
-        report(&format!("on {}", i + 1), &on)?;
-        let on_qps = on.perf.as_ref().map_or(0.0, |p| p.qps);
-        ratios.push(on_qps / off.qps.max(1.0));
-        empty_ratios.push(empty_qps / off.qps.max(1.0));
+        let (mut off_qps, mut empty_qps, mut on_qps) = (0.0, 0.0, 0.0);
+        for kind in round_order(i) {
+            match kind {
+                Kind::Off => {
+                    let off = dnsperf(load)?;
+                    println!(
+                        "{:<8} {:>10.0} {:>10}",
+                        format!("off {}", i + 1),
+                        off.qps,
+                        off.completed
+                    );
+                    off_qps = off.qps;
+                }
+                Kind::Empty => {
+                    let empty = on_window(
+                        load,
+                        Window {
+                            empty: true,
+                            ..Window::default()
+                        },
+                    )?;
+                    empty_qps = empty.perf.as_ref().map_or(0.0, |p| p.qps);
+                    println!(
+                        "{:<8} {:>10.0} {:>10} {:>54.1}",
+                        format!("empty {}", i + 1),
+                        empty_qps,
+                        empty.perf.as_ref().map_or(0, |p| p.completed),
+                        100.0 * empty.cpu_s / empty.wall_s.max(0.001)
+                    );
+                }
+                Kind::On => {
+                    let on = on_window(load, Window::default())?;
+                    report(&format!("on {}", i + 1), &on)?;
+                    on_qps = on.perf.as_ref().map_or(0.0, |p| p.qps);
+                }
+            }
+        }
+        ratios.push(on_qps / off_qps.max(1.0));
+        empty_ratios.push(empty_qps / off_qps.max(1.0));
         over_empty.push(on_qps / empty_qps.max(1.0));
     }
     let stopped = on_window(
-        &client.netns,
-        seconds,
+        load,
         Window {
             stop_s: 3,
             ..Window::default()
@@ -368,8 +432,7 @@ pub fn run(seconds: u32, pairs: u32, profile: bool) -> Result<()> {
     let was = fs::read_to_string(BPF_STATS).unwrap_or_default();
     fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
     let timed = on_window(
-        &client.netns,
-        seconds,
+        load,
         Window {
             stats: true,
             profile,
@@ -377,8 +440,7 @@ pub fn run(seconds: u32, pairs: u32, profile: bool) -> Result<()> {
         },
     );
     let timed_empty = on_window(
-        &client.netns,
-        seconds,
+        load,
         Window {
             stats: true,
             empty: true,
@@ -460,4 +522,25 @@ fn print_programs(label: &str, w: &OnWindow) -> f64 {
         );
     }
     per_query
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Over three rounds every kind of window runs once in every position, and each round
+    /// runs each kind once.
+    #[test]
+    fn rounds_turn_the_order() {
+        for kind in [Kind::Off, Kind::Empty, Kind::On] {
+            let positions: Vec<usize> = (0..3)
+                .map(|i| round_order(i).iter().position(|k| *k == kind).unwrap_or(9))
+                .collect();
+            let mut sorted = positions.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2], "{kind:?} at {positions:?}");
+        }
+        assert_eq!(round_order(0), [Kind::Off, Kind::Empty, Kind::On]);
+        assert_eq!(round_order(3), round_order(0));
+    }
 }

@@ -333,6 +333,48 @@ impl Daemon {
         Ok(())
     }
 
+    /// Restricts every thread of the running daemon to CPU `cpu`, or lets it run on every
+    /// online CPU again (`None`).
+    pub fn pin_cpu(&self, cpu: Option<usize>) -> Result<()> {
+        let pid = match self.state() {
+            ProcState::Gone => bail!("{} is not running", self.name),
+            ProcState::Running(pid) | ProcState::Stopped(pid) => pid,
+        };
+        // SAFETY: sysconf has no preconditions.
+        let online = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+            .unwrap_or(1)
+            .max(1);
+        // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET only writes inside it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for c in cpu.map_or(0..online, |c| c..c + 1) {
+            // SAFETY: as above (CPU_SET ignores numbers beyond the set's size).
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+        let tasks = fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("listing the threads of {} (pid {pid})", self.name))?;
+        for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: `set` is a valid cpu_set_t of the size passed.
+            let rc = unsafe {
+                libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &raw const set)
+            };
+            if rc != 0 {
+                bail!(
+                    "pinning {} (thread {tid}) to CPU {cpu:?}: {}",
+                    self.name,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// SIGSTOP (`true`) or SIGCONT (`false`).
     pub fn pause(&self, stop: bool) -> Result<()> {
         let pid = match self.state() {

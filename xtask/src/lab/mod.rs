@@ -404,6 +404,11 @@ pub fn status() -> Result<LabStatus> {
     Ok(st)
 }
 
+/// Restricts replica `r`'s DNS server to CPU `cpu` (`None`: every online CPU again).
+pub fn pin_replica_cpu(r: Replica, cpu: Option<usize>) -> Result<()> {
+    r.daemon().pin_cpu(cpu)
+}
+
 /// Runs `argv` inside network namespace `ns` (`ip netns exec`) and returns its output whatever
 /// the exit status (check `status` yourself). Stdin is /dev/null.
 pub fn exec_in(ns: &str, argv: &[&str]) -> Result<Output> {
