@@ -284,9 +284,9 @@ enum Kind {
 /// The order of round `i`'s windows. It turns each round (off, empty, on; empty, on, off; on,
 /// off, empty), so that a drift of the machine's speed during the run favours no kind.
 fn round_order(i: u32) -> [Kind; 3] {
-    const KINDS: [Kind; 3] = [Kind::Off, Kind::Empty, Kind::On];
-    let r = (i % 3) as usize;
-    [KINDS[r], KINDS[(r + 1) % 3], KINDS[(r + 2) % 3]]
+    let mut kinds = [Kind::Off, Kind::Empty, Kind::On];
+    kinds.rotate_left((i % 3) as usize);
+    kinds
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -299,9 +299,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs the load benchmark: `pairs` rounds of a tracer-off, an empty-programs and a tracer-on
-/// window of `seconds` each (dnsperf and the replica pinned to CPUs of their own), then one tracer-on window with the daemon stopped (SIGSTOP) for
-/// 3 s in the middle, kernel run time of the tracer's and of the empty programs, then the idle
-/// cost. With `profile`, the tracer's kernel time in the statistics window is also broken down by
+/// window of `seconds` each (dnsperf and the replica pinned to CPUs of their own), then one
+/// tracer-on window with the daemon stopped (SIGSTOP) for 3 s in the middle, kernel run time of
+/// the tracer's and of the empty programs, then the idle cost. With `profile`, the tracer's kernel time in the statistics window is also broken down by
 /// source line. Prints the figures.
 pub fn run(seconds: u32, pairs: u32, profile: bool) -> Result<()> {
     let guard = lab::LabGuard::up()?;

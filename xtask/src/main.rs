@@ -33,11 +33,12 @@ enum Command {
         /// Packets per case (kernel programs).
         #[arg(long, default_value_t = 1_000_000)]
         packets: u32,
-        /// Also run the DNS load benchmark through the lab: tracer-off and tracer-on windows of
-        /// this many seconds, alternating.
+        /// Also run the DNS load benchmark through the lab: rounds of tracer-off, empty-programs
+        /// and tracer-on windows of this many seconds, the order turning each round, with
+        /// dnsperf and the replica pinned to CPUs of their own.
         #[arg(long, value_name = "SECONDS")]
         load: Option<u32>,
-        /// Off/on window pairs of the load benchmark.
+        /// Rounds (off/empty/on) of the load benchmark.
         #[arg(long, default_value_t = 4)]
         pairs: u32,
         /// Skip the per-packet benchmark (BPF_PROG_TEST_RUN).
