@@ -7,27 +7,8 @@
 use std::time::Duration;
 
 pub use xtask::lab;
+pub use xtask::privilege::{ci, privileged};
 pub use xtask::tracer::TracerProcess;
-
-/// True when the tests can run (root). Outside CI a non-root run skips with a message; under
-/// CI it panics, so a machine that cannot run the privileged tests turns the run red.
-pub fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
-        return true;
-    }
-    if ci() {
-        panic!("privileged test cannot run: not root (CI=true requires it to run)");
-    }
-    eprintln!("SKIPPED: needs root (set CI=true to make this a failure)");
-    false
-}
-
-/// True when CI=true (or any non-empty value other than false/0).
-pub fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
 
 /// True when the kube-apiserver binary is available; otherwise skips with a message, or fails
 /// under CI (scripts/setup.sh builds it).

@@ -7,5 +7,6 @@ pub mod demo;
 pub mod image;
 pub mod lab;
 pub mod pod;
+pub mod privilege;
 pub mod profile;
 pub mod tracer;

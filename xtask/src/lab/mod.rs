@@ -646,28 +646,11 @@ mod tests {
         exec_in(ns, &argv).expect("running dig")
     }
 
-    /// True when the lab can be built here (root). Outside CI a non-root run skips with a
-    /// message; under CI (`CI=true`) it fails, so a machine that cannot build the lab turns the
-    /// run red instead of passing it.
-    fn privileged() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-        assert!(
-            !ci,
-            "the lab test needs root and CI=true requires it to run"
-        );
-        eprintln!("SKIPPED: the lab test needs root (set CI=true to make this a failure)");
-        false
-    }
-
     /// Builds the real lab (root), switches every failure on and off, checks one failure's
     /// effect end to end and that tearing down kills what runs in the lab.
     #[test]
     fn lab_round_trip() {
-        if !privileged() {
+        if !crate::privilege::privileged() {
             return;
         }
         let guard = LabGuard::up().expect("lab up");
