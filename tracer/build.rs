@@ -83,6 +83,11 @@ fn main() -> anyhow::Result<()> {
     // aya-build is told to use unstable flags through RUSTC_BOOTSTRAP.
     // SAFETY: build scripts are single-threaded at this point.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    // aya-build repeats every line the inner cargo writes to stderr as a cargo warning: a
+    // first build printed ~30 "warning: Compiling …" lines. Quiet, the inner cargo writes
+    // only what matters (its errors; compiler diagnostics come through its JSON output).
+    // SAFETY: as above.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let toolchain = std::env::var("TRACER_EBPF_TOOLCHAIN").unwrap_or_else(|_| "1.98.0".into());
     println!("cargo::rerun-if-env-changed=TRACER_EBPF_TOOLCHAIN");
     aya_build::build_ebpf(

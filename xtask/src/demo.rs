@@ -239,17 +239,21 @@ fn print_verdict(style: &Style, v: &Value) {
         ));
     }
     if v["dns"]["rcode"].is_string() {
-        detail.push_str(&format!(
-            "   rcode: {}  latency: {} ms",
-            s(&v["dns"]["rcode"]),
-            s(&v["dns"]["latency_ms"])
-        ));
+        detail.push_str(&format!("   rcode: {}", s(&v["dns"]["rcode"])));
+        // No latency when the answer never reached the client (dropped on the way back).
+        if let Some(ms) = v["dns"]["latency_ms"].as_f64() {
+            detail.push_str(&format!("  latency: {ms} ms"));
+        }
     }
     println!("   {}", style.paint("2", &detail));
     if let Some(path) = v["path"].as_array() {
         let hops: Vec<String> = path
             .iter()
-            .map(|p| format!("{}:{}", s(&p["interface"]), s(&p["hook"])))
+            .map(|p| match p["interface"].as_str() {
+                Some(i) => format!("{i}:{}", s(&p["hook"])),
+                // A packet freed with no device: a socket's queue, not an interface.
+                None => format!("(no device):{}", s(&p["hook"])),
+            })
             .collect();
         println!(
             "   {}",

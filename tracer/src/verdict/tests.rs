@@ -509,6 +509,12 @@ cases! {
             v.push(a);
             v.push(b);
         }
+        // As in the lab: the server's FIN|ACK, queued at the client's closing socket, freed
+        // with its queues. Not a network drop.
+        v.push(
+            drop_ev(2.6, nodev(), Proto::Tcp, KUBE_DNS, &c(p), "QUEUE_PURGE", "sk_stream_kill_queues+0x57")
+                .flags("FIN|ACK"),
+        );
         v.sort_by_key(|e| e.ts_ns);
         case(
             evs(v),
@@ -516,12 +522,26 @@ cases! {
             vec![exp(
                 &[
                     ("/verdict", json!("answered")),
+                    ("/drop", Value::Null),
+                    ("/path/8/hook", json!("drop")),
+                    (
+                        "/path/8/note",
+                        json!("FIN|ACK; freed as the socket closed (QUEUE_PURGE at sk_stream_kill_queues+0x57), not a network drop"),
+                    ),
                     ("/transport", json!("tcp")),
                     ("/dns/id", json!(200)),
                     ("/dns/latency_ms", json!(2.05)),
                     ("/dns/retries", json!(0)),
                     ("/path_omitted", json!(0)),
                     ("/path/7/note", json!("un-dnat 198.18.2.30→198.19.0.10; NOERROR, 1 answer")),
+                    // The query and its answer enter the node with the addresses they had
+                    // before translation: no translation is claimed where they enter (the
+                    // handshake's SYN and SYN|ACK left before them with the other address).
+                    ("/path/4/hook", json!("ingress")),
+                    ("/path/4/note", Value::Null),
+                    ("/path/5/note", json!("dnat 198.19.0.10→198.18.2.30")),
+                    ("/path/6/hook", json!("ingress")),
+                    ("/path/6/note", json!("NOERROR, 1 answer")),
                 ],
                 &[],
             )],

@@ -5,6 +5,7 @@ use crate::decode::event::{Hook, IfaceKind};
 
 use super::super::flow::{Attempt, Detail, Flow, Sighting};
 use super::super::model::{ClientSide, FlowKind, Transport, VerdictKind};
+use super::path::is_teardown;
 
 /// What became of one attempt.
 pub(super) struct Outcome<'a> {
@@ -118,7 +119,7 @@ fn attempt_outcome<'a>(flow: &Flow, a: &'a Attempt) -> Outcome<'a> {
                 && d.hook == Hook::Drop
                 && d.dir == super::super::model::Direction::Response
                 && (d.ts, d.order) >= (s.ts, s.order)
-                && !matches!(&d.detail, Detail::Drop(x) if x.reason.contains("QUEUE_PURGE"))
+                && !matches!(&d.detail, Detail::Drop(x) if is_teardown(&x.reason))
         }) {
             return Outcome::new(VerdictKind::Dropped, Some(d));
         }

@@ -127,6 +127,12 @@ fn addr_change(a: SocketAddr, b: SocketAddr) -> String {
     }
 }
 
+/// The drop reason the kernel gives packets it frees in bulk because their socket is being
+/// torn down (`QUEUE_PURGE`: a closed TCP socket's queues), not because the network lost them.
+pub(super) fn is_teardown(reason: &str) -> bool {
+    reason.to_ascii_uppercase().contains("QUEUE_PURGE")
+}
+
 /// Nanoseconds as milliseconds, rounded to the microsecond.
 pub(super) fn ms(ns: u64) -> f64 {
     // Rounded to µs: enough for humans, stable in JSON.
@@ -148,11 +154,15 @@ pub(super) fn path(flow: &Flow, start: u64) -> Vec<PathEntry> {
             }
         }
         // Address translations since the previous sighting of the same attempt and orientation.
+        // Not at an ingress: that is where a packet enters the node, so the sighting before it
+        // is of an earlier packet (a TCP handshake's SYN before the query, a retransmission
+        // after the first SYN left), and its addresses say nothing about this packet's NAT.
         let group = |x: &Sighting| (x.quoted, x.dir);
         if let Some((_, p)) = before
             .iter()
             .rev()
             .find(|(j, x)| j == ai && group(x) == group(s))
+            .filter(|_| s.hook != Hook::Ingress)
         {
             match (s.quoted, s.dir) {
                 (false, Request) => {
@@ -199,6 +209,12 @@ pub(super) fn path(flow: &Flow, start: u64) -> Vec<PathEntry> {
                 }
             }
             Detail::Icmp(k) => parts.push(format!("icmp {k}")),
+            // A socket's queues freed as it closes (a TCP connection's FIN after the client
+            // read its answer) are not where traffic died: said so, not called a drop.
+            Detail::Drop(d) if is_teardown(&d.reason) => parts.push(format!(
+                "freed as the socket closed ({} at {}), not a network drop",
+                d.reason, d.location
+            )),
             Detail::Drop(d) => parts.push(format!("drop {} at {}", d.reason, d.location)),
         }
         if let Some(v) = s.vlan {
