@@ -390,6 +390,70 @@ fn parse_stats_interval(s: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
+    /// The README's text from the heading that starts with `heading` to the next heading of
+    /// the same or a higher level.
+    fn readme_section(readme: &str, heading: &str) -> String {
+        let mut lines = readme.lines().skip_while(|l| !l.starts_with(heading));
+        let Some(first) = lines.next() else {
+            panic!("README has no section {heading:?}");
+        };
+        let level = first.chars().take_while(|c| *c == '#').count();
+        let mut out = String::from(first);
+        let mut fenced = false;
+        for l in lines {
+            // A `# comment` in a shell example is not a heading.
+            fenced ^= l.starts_with("```");
+            let hashes = l.chars().take_while(|c| *c == '#').count();
+            if !fenced && hashes > 0 && hashes <= level && l.chars().nth(hashes) == Some(' ') {
+                break;
+            }
+            out.push('\n');
+            out.push_str(l);
+        }
+        out
+    }
+
+    /// Every flag a user can pass to `tracer run`, `tracer observe` and `tracer certs` is
+    /// documented in the README section about that command (a flag added to the code and
+    /// not to the reference, or documented under the wrong command, fails here).
+    #[test]
+    fn readme_documents_every_flag_where_its_command_is_described() {
+        let readme = include_str!("../../README.md");
+        let cmd = Cli::command();
+        for (sub, heading) in [
+            ("run", "## `tracer run` reference"),
+            ("observe", "## Live stream: `tracer observe`"),
+            ("certs", "### Cross-node verdicts"),
+        ] {
+            let section = readme_section(readme, heading);
+            let Some(sc) = cmd.find_subcommand(sub) else {
+                panic!("no subcommand {sub}");
+            };
+            let missing: Vec<String> = sc
+                .get_arguments()
+                .filter(|a| !a.is_hide_set())
+                .filter_map(|a| a.get_long())
+                .filter(|long| *long != "help")
+                .filter(|long| {
+                    let flag = format!("--{long}");
+                    // The flag as a word: `--last` must not be found inside `--last-x`.
+                    !section.match_indices(&flag).any(|(i, _)| {
+                        let after = section[i + flag.len()..].chars().next();
+                        !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+                    })
+                })
+                .map(|long| format!("--{long}"))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "README section {heading:?} does not document `tracer {sub}` {missing:?}"
+            );
+        }
+        // The peer flags belong to `tracer run`, not to observe's tables.
+        let observe = readme_section(readme, "## Live stream: `tracer observe`");
+        assert!(!observe.contains("`--peer-listen"), "peer flags under observe");
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
