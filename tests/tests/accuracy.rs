@@ -334,6 +334,70 @@ fn udp_egress_is_established_with_and_without_port_remapping() {
     }
 }
 
+/// UDP needs no reply. A datagram to a server that takes it and sends nothing back (a statsd
+/// collector: socat receiving on 8125 in the lab's internet) is not called lost: the verdict is
+/// `unknown` and says why. Silence from a server that answered UDP through the same interface
+/// lately (the echo server, once the VPC stops carrying traffic to the internet) is
+/// `lost_beyond_node`.
+#[test]
+fn udp_egress_without_reply_is_lost_only_where_a_reply_was_due() {
+    if !privileged() {
+        return;
+    }
+    let c = setup(lab::Pin::Both, &[]);
+    let client = c.pod("default", "client");
+    let bind = format!("UDP4-RECV:8125,bind={}", lab::INET_SERVER_IP);
+    let mut sink = lab::spawn_in(lab::NS_INET, &["socat", "-u", &bind, "STDOUT"]).expect("sink");
+    let listening = || {
+        lab::exec_in(lab::NS_INET, &["ss", "-Hlun", "sport = :8125"])
+            .is_ok_and(|o| !o.stdout.is_empty())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !listening() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(listening(), "the statsd stand-in listens");
+
+    let from = c.tracer.line_count();
+    let sent = lab::exec_in(
+        &client.netns,
+        &["sh", "-c", "echo 'requests:1|c' | socat -u - UDP4:203.0.113.80:8125"],
+    )
+    .expect("send the datagram");
+    assert!(sent.status.success(), "{sent:?}");
+    let v = c.verdict_from(from, "the statsd datagram", |v| {
+        v["kind"] == "egress" && v["server"]["port"] == 8125
+    });
+    let _ = sink.kill();
+    let got = sink.wait_with_output().expect("sink output");
+    assert!(
+        String::from_utf8_lossy(&got.stdout).contains("requests:1|c"),
+        "the collector got the datagram: {got:?}"
+    );
+    assert_eq!(v["verdict"], "unknown", "{v:#}");
+    assert_eq!(v["evidence"], "incomplete", "{v:#}");
+    let note = v["evidence_note"].as_str().unwrap_or_default();
+    assert!(note.contains("UDP needs no reply"), "{note}");
+    assert!(hint(&v).contains("statsd or syslog"), "{}", hint(&v));
+
+    // The echo server answers UDP through eth0 ...
+    assert!(udp_echo(&client.netns).contains("accuracy"), "echo first");
+    c.verdict_from(from, "the healthy echo", |v| {
+        v["kind"] == "egress" && v["server"]["port"] == 7 && v["verdict"] == "established"
+    });
+    // ... so when the VPC drops what goes to the internet, its silence is a loss.
+    lab::set_failure(lab::Failure::EgressNoNat, true).expect("no NAT");
+    let from = c.tracer.line_count();
+    let _ = udp_echo(&client.netns);
+    let lost = c.verdict_from(from, "the echo without NAT", |v| {
+        v["kind"] == "egress" && v["server"]["port"] == 7
+    });
+    lab::set_failure(lab::Failure::EgressNoNat, false).expect("NAT back");
+    assert_eq!(lost["verdict"], "lost_beyond_node", "{lost:#}");
+    assert_eq!(lost["evidence"], "complete", "{lost:#}");
+    assert_eq!(lost["egress_interface"]["name"], "eth0", "{lost:#}");
+}
+
 // ----- 4. the fault on the other side -----
 
 /// Row 5 and its reply side: an iptables DROP of the query (request) and of the answer on its

@@ -926,6 +926,51 @@ cases! {
             &[("/hint", "UDP flow from pod 198.18.1.21 to 203.0.113.9:123 established")],
         )],
     );
+    // UDP needs no reply: a datagram to a port of no request/response protocol (statsd, here)
+    // that leaves and gets nothing back is not called lost ...
+    udp_egress_one_way_is_not_lost => case(
+        evs(vec![
+            udp(0.0, Hook::Ingress, client_veth(), &c(40210), "203.0.113.9:8125"),
+            udp(0.05, Hook::Egress, eth0(), &snat(40210), "203.0.113.9:8125"),
+        ]),
+        6000.0,
+        vec![exp(
+            &[("/verdict", json!("unknown")), ("/evidence", json!("incomplete")), ("/egress_interface/name", json!("eth0"))],
+            &[
+                ("/evidence_note", "UDP needs no reply"),
+                ("/evidence_note", "203.0.113.9:8125 is not a request/response port"),
+                ("/hint", "one-way protocols such as statsd or syslog look like this when healthy"),
+            ],
+        )],
+    );
+    // ... while silence from a request/response port (NTP) is a loss ...
+    udp_egress_to_a_reply_port_without_reply_is_lost => case(
+        evs(vec![
+            udp(0.0, Hook::Ingress, client_veth(), &c(40211), "203.0.113.9:123"),
+            udp(0.05, Hook::Egress, eth0(), &snat(40211), "203.0.113.9:123"),
+        ]),
+        6000.0,
+        vec![exp(
+            &[("/verdict", json!("lost_beyond_node")), ("/evidence", json!("complete"))],
+            &[("/hint", "no reply came back")],
+        )],
+    );
+    // ... and so is silence from a server that answered UDP through the same interface lately.
+    udp_egress_silence_after_the_server_answered_is_lost => case(
+        evs(vec![
+            udp(0.0, Hook::Ingress, client_veth(), &c(40212), "203.0.113.9:9000"),
+            udp(0.05, Hook::Egress, eth0(), &snat(40212), "203.0.113.9:9000"),
+            udp(1.0, Hook::Ingress, eth0(), "203.0.113.9:9000", &snat(40212)),
+            udp(1.05, Hook::Egress, client_veth(), "203.0.113.9:9000", &c(40212)),
+            udp(3000.0, Hook::Ingress, client_veth(), &c(40213), "203.0.113.9:9000"),
+            udp(3000.05, Hook::Egress, eth0(), &snat(40213), "203.0.113.9:9000"),
+        ]),
+        9000.0,
+        vec![
+            exp(&[("/verdict", json!("established"))], &[]),
+            exp(&[("/verdict", json!("lost_beyond_node")), ("/key", json!("udp:198.18.1.21:40213>203.0.113.9:9000"))], &[]),
+        ],
+    );
     // Catalogue 9: the reply arrives on eth1 (asymmetric) and rp_filter drops it.
     c09_rpfilter_response => case(
         evs(vec![

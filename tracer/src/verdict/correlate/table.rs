@@ -2,7 +2,7 @@
 //! indexes and tombstones, and closing a flow into its verdict.
 
 use std::cmp::Reverse;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::decode::event::{Hook, QType};
@@ -321,22 +321,29 @@ impl Correlator {
             recent_horizon_ns: RECENT_HORIZON_NS,
         };
         let v = decide::build(&flow, closing, &ctx);
-        if v.kind == FlowKind::Dns {
-            let ok = match v.facts.downgraded_from.unwrap_or(v.verdict) {
-                VerdictKind::Answered => Some(true),
-                VerdictKind::LostBeyondNode if v.verdict == VerdictKind::LostBeyondNode => {
-                    Some(false)
-                }
-                _ => None,
-            };
-            if let (Some(ok), Some(d)) = (ok, &v.dns) {
-                let via = v
-                    .egress_interface
-                    .as_ref()
-                    .map(|e| e.name.clone())
-                    .unwrap_or_default();
-                self.remember((v.server.ip, d.transport, via), v.end_ns, ok);
+        // What this outcome says about the server, reached this way, for later verdicts: DNS
+        // answered or lost (the TCP/UDP 53 remark of a hint), UDP egress answered (later
+        // silence from that server is a loss, not a one-way protocol).
+        let outcome = match (v.kind, v.facts.downgraded_from.unwrap_or(v.verdict)) {
+            (FlowKind::Dns, VerdictKind::Answered) => Some(true),
+            (FlowKind::Dns, VerdictKind::LostBeyondNode)
+                if v.verdict == VerdictKind::LostBeyondNode =>
+            {
+                Some(false)
             }
+            (FlowKind::Egress, VerdictKind::Established) if v.transport == Transport::Udp => {
+                Some(true)
+            }
+            _ => None,
+        };
+        if let Some(ok) = outcome {
+            let via = v
+                .egress_interface
+                .as_ref()
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
+            let server = SocketAddr::new(v.server.ip, v.server.port);
+            self.remember((server, v.transport, via), v.end_ns, ok);
         }
         self.stats.verdicts.add(v.verdict);
         Some(v)

@@ -3,7 +3,7 @@
 //! verdict reports in [`path`](mod@path).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use crate::decode::event::Hook;
 
@@ -31,9 +31,14 @@ pub enum Closing {
     Stopped,
 }
 
-/// Key of the recent-outcome memory: the same server reached the same way. The interface
-/// matters: UDP answered through eth0 says nothing about UDP through a pod's branch ENI.
-pub type RecentKey = (IpAddr, Transport, String);
+/// Key of the recent-outcome memory: the same server (address and port) reached the same way.
+/// The interface matters: UDP answered through eth0 says nothing about UDP through a pod's
+/// branch ENI.
+pub type RecentKey = (SocketAddr, Transport, String);
+
+/// UDP ports of request/response protocols: a datagram to one of them expects a reply (DNS,
+/// TFTP, Kerberos, NTP, SNMP, CLDAP, QUIC/HTTP3, IKE, RADIUS, STUN).
+const UDP_REPLY_PORTS: [u16; 12] = [53, 69, 88, 123, 161, 389, 443, 500, 1812, 1813, 3478, 4500];
 
 /// A remembered outcome toward a (server, transport, interface).
 #[derive(Clone, Copy, Debug)]
@@ -65,6 +70,15 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
     let pa = flow.attempts.get(pi).unwrap_or(&empty);
     let start = flow.first_ts;
 
+    // Endpoints and key.
+    let (orig, post) = endpoints(pa);
+    let fallback_dst = flow.dsts.first().copied().unwrap_or(flow.client_ip);
+    let default_port = if flow.kind == FlowKind::Dns { 53 } else { 0 };
+    let server_addr = post.unwrap_or(SocketAddr::new(fallback_dst, default_port));
+    let service_ip = match (orig, post) {
+        (Some(o), Some(p)) if o != p => Some(o.ip()),
+        _ => None,
+    };
     // Evidence and the loss overlay.
     let mut notes: Vec<String> = Vec::new();
     let mut kind = out.kind;
@@ -83,6 +97,30 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
             ctx.max_flows
         )),
         Closing::Stopped => notes.push("the tracer stopped before the flow's window ended".into()),
+    }
+    // UDP needs no reply: silence after a datagram left the node is a loss only where a reply
+    // was due (a request/response port, or this server answered UDP through the same interface
+    // lately). Otherwise statsd, syslog or GELF traffic would be reported lost, one flow each.
+    let via_now = egress_sighting(pa)
+        .map(|s| s.iface.name.clone())
+        .unwrap_or_default();
+    let answered_lately = |t: Transport| {
+        ctx.recent
+            .get(&(server_addr, t, via_now.clone()))
+            .is_some_and(|r| r.ok && r.ts.abs_diff(flow.last_ts) <= ctx.recent_horizon_ns)
+    };
+    if flow.kind == FlowKind::Egress
+        && pa.proto == Transport::Udp
+        && kind == VerdictKind::LostBeyondNode
+        && !UDP_REPLY_PORTS.contains(&server_addr.port())
+        && !answered_lately(Transport::Udp)
+    {
+        kind = VerdictKind::Unknown;
+        notes.push(format!(
+            "UDP needs no reply: the datagram left through {via_now} and nothing came back within {} s, but none was due ({} is not a request/response port and has not answered UDP through {via_now} lately); one-way protocols such as statsd or syslog look like this when healthy; if this one expects a reply, the datagram or its reply was lost outside this node (route table, NAT gateway, security groups, network ACLs)",
+            ctx.window_ns as f64 / 1e9,
+            server_addr
+        ));
     }
     let mut downgraded_from = None;
     if kind.is_negative() && !notes.is_empty() {
@@ -120,15 +158,6 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
         node: ctx.node.to_string(),
     };
 
-    // Endpoints and key.
-    let (orig, post) = endpoints(pa);
-    let fallback_dst = flow.dsts.first().copied().unwrap_or(flow.client_ip);
-    let default_port = if flow.kind == FlowKind::Dns { 53 } else { 0 };
-    let server_addr = post.unwrap_or(SocketAddr::new(fallback_dst, default_port));
-    let service_ip = match (orig, post) {
-        (Some(o), Some(p)) if o != p => Some(o.ip()),
-        _ => None,
-    };
     let client_addr = SocketAddr::new(flow.client_ip, pa.port);
     let key = flow_key(flow.kind, pa.proto, client_addr, server_addr, pa.id);
     let mut related_keys: Vec<String> = Vec::new();
@@ -257,7 +286,7 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
         .unwrap_or_default();
     let recent_ok = |t: Transport| {
         ctx.recent
-            .get(&(server_addr.ip(), t, via.clone()))
+            .get(&(server_addr, t, via.clone()))
             .is_some_and(|r| r.ok && r.ts.abs_diff(flow.last_ts) <= ctx.recent_horizon_ns)
     };
     let lost = downgraded_from.unwrap_or(kind) == VerdictKind::LostBeyondNode;
