@@ -270,10 +270,28 @@ pub struct FlowStats {
     pub bytes: u64,
     /// Last time a packet of the flow was seen (`bpf_ktime_get_ns`).
     pub last_ns: u64,
+    /// When the entry was made: its first packet (`bpf_ktime_get_ns`). An entry made after a
+    /// flow started is a new one, its predecessor evicted.
+    pub first_ns: u64,
     /// [`flow_flags`] bits.
     pub flags: u32,
     /// Reserved, zero.
     pub _pad: u32,
+}
+
+impl FlowKey {
+    /// The key of the packets from `src` to `dst` (addresses as the programs store them:
+    /// IPv4 in the first 4 bytes, the rest zero).
+    pub fn new(src: ([u8; 16], u16), dst: ([u8; 16], u16), l4_proto: u8) -> Self {
+        Self {
+            saddr: src.0,
+            daddr: dst.0,
+            sport: src.1,
+            dport: dst.1,
+            l4_proto,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// Bits of [`FlowStats::flags`].
@@ -284,7 +302,8 @@ pub mod flow_flags {
     pub const REPLY_AT_UPLINK: u32 = 1 << 1;
 }
 
-/// Limit of the in-kernel flow table (LRU: the least recently used flow is evicted when full).
+/// Limit of the in-kernel flow table (LRU: the least recently used flow is evicted when full;
+/// the daemon does not claim a UDP flow lost whose entry was evicted while it was open).
 pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
 
 /// Key of the in-kernel DNS table: the client side of a query, which DNAT does not change.
@@ -719,7 +738,7 @@ const _: () = {
     assert!(core::mem::size_of::<PacketEvent>().is_multiple_of(8));
     assert!(core::mem::size_of::<KernelOffsets>() == 48);
     assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<FlowStats>() == 32);
+    assert!(core::mem::size_of::<FlowStats>() == 40);
     assert!(core::mem::size_of::<DnsKey>() == 24);
     assert!(core::mem::size_of::<DnsHop>() == 16);
     // 3 timestamps, 16 bytes of small fields, 2 addresses, ports, drop facts (12 + 8),

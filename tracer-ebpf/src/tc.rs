@@ -212,6 +212,7 @@ fn udp_first(p: &Parsed, at: At) -> bool {
             packets: 0,
             bytes: 0,
             last_ns: now,
+            first_ns: now,
             flags: 0,
             _pad: 0,
         };

@@ -327,15 +327,32 @@ fn egress_first_packets_and_first_replies_only() {
     );
     let out = eth_ipv4(17, &udp(41000, 8125, &[7; 20]));
     let back = reply_ipv4(eth_ipv4(17, &udp(8125, 41000, &[8; 20])));
-    assert_eq!(
-        run(&mut k, TcProgram::PodIn, &out).len(),
-        1,
-        "first UDP packet"
-    );
+    let first = run(&mut k, TcProgram::PodIn, &out);
+    assert_eq!(first.len(), 1, "first UDP packet");
     assert!(
         run(&mut k, TcProgram::PodIn, &out).is_empty(),
         "later ones aggregated"
     );
+    // The flow's entry says when it was made (the daemon checks that a flow it would call
+    // lost kept its entry from its first packet on), and counts the packets after the first.
+    let ev = *packets(&first).first().expect("a packet event");
+    let wire = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            b
+        }
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    let key = tracer_common::FlowKey::new((wire(ev.src), ev.sport), (wire(ev.dst), ev.dport), 17);
+    let entry = k.tables.flows.get(&key, 0).expect("the flow's entry");
+    assert!(
+        entry.first_ns > 0 && entry.first_ns <= ev.ts_ns,
+        "made at the first packet: {entry:?} vs {}",
+        ev.ts_ns
+    );
+    assert_eq!(entry.packets, 1, "{entry:?}");
+    assert!(entry.last_ns >= entry.first_ns, "{entry:?}");
     assert_eq!(
         run(&mut k, TcProgram::PodOut, &back).len(),
         1,

@@ -11,7 +11,7 @@ use aya::{
     },
 };
 use tracer_common::{
-    Config, Control, DnsEntry, DnsKey, KernelOffsets, LOSS_SLOTS, SEEN_SLOTS, SummaryKey,
+    Config, Control, DnsEntry, DnsKey, FlowKey, FlowStats, KernelOffsets, LOSS_SLOTS, SEEN_SLOTS, SummaryKey,
     SummaryValue, counter,
 };
 
@@ -165,6 +165,8 @@ pub struct Tables {
     pub slow_clients: HashMap<MapData, [u8; 16], u64>,
     /// This node's network namespaces.
     pub scope: HashMap<MapData, u32, u8>,
+    /// The flow table (pod egress flows after their first packet; LRU).
+    pub flows: HashMap<MapData, FlowKey, FlowStats>,
     /// The delivery ledger, mapped (`None` when loaded without one).
     pub ledger: Option<super::ledger::Ledger>,
     /// The direct-mapped DNS table, mapped.
@@ -422,6 +424,7 @@ impl Capture {
             slow_clients: HashMap::try_from(take(&mut self.ebpf, "SLOW_CLIENTS")?)
                 .map_err(wrap("SLOW_CLIENTS"))?,
             scope: HashMap::try_from(take(&mut self.ebpf, "SCOPE")?).map_err(wrap("SCOPE"))?,
+            flows: HashMap::try_from(take(&mut self.ebpf, "FLOWS")?).map_err(wrap("FLOWS"))?,
             slots: super::slots::Slots::new(
                 Array::try_from(take(&mut self.ebpf, "DNS_SLOTS")?).map_err(wrap("DNS_SLOTS"))?,
                 self.dns_slots,

@@ -282,7 +282,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     let ifaces: Vec<u32> = p.tc_drop_ifaces.drain().collect();
                     mgr.refresh_hooks_of(&handle, ifaces).await;
                 }
-                p.poll(now, mgr.hooks());
+                p.poll(now, mgr.hooks(), &|k| kt.flow(k));
                 p.peer_expire(false);
                 metrics.heartbeat(now / 1_000_000_000);
                 if let Some((start, end)) = kt.collect(&mut p.summaries) {
@@ -364,7 +364,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         p.emit_summaries(start, end);
     }
     // Every open flow gets its say; verdicts still waiting for a peer go out as they are.
-    p.finish(mgr.hooks());
+    p.finish(mgr.hooks(), &|k| kt.flow(k));
     p.peer_expire(true);
     p.flush();
     log_counters(&capture, &mgr, &p, &kt);

@@ -16,10 +16,15 @@ use crate::{
     peer::{Parking, answer::LocalFacts, client::Outcome, ledger::FactsLedger},
     sinks::{Output, Sinks},
     verdict::{
-        Correlator, Verdict, VerdictKind,
+        Correlator, Direction, Evidence, FlowKind, Transport, Verdict, VerdictKind,
         summary::{Summaries, Summary},
     },
 };
+use std::net::SocketAddr;
+use tracer_common::{FLOW_TABLE_ENTRIES, FlowKey, FlowStats};
+
+/// IP protocol number of UDP.
+const IPPROTO_UDP: u8 = 17;
 
 use super::{clock::Clock, scope::Scope, tables::Swept};
 
@@ -40,6 +45,8 @@ pub struct UserCounters {
     pub summaries: u64,
     /// Answers in summary lines.
     pub summarized_answers: u64,
+    /// UDP egress flows not called lost because the kernel's flow table evicted their entry.
+    pub egress_evicted: u64,
 }
 
 /// What happens to healthy answers (`--answered`).
@@ -52,6 +59,82 @@ pub enum AnsweredMode {
     Flows,
     /// No lines for answered queries (metrics still count them).
     Off,
+}
+
+/// Reads the kernel's flow table entry of a key (`None`: no entry, or it could not be read).
+pub type FlowProbe<'a> = dyn Fn(&FlowKey) -> Option<FlowStats> + 'a;
+
+/// How much later than a sighting the kernel may have made its flow table entry (it reads
+/// the clock for the entry just before it does for the record), ns.
+const ENTRY_SLACK_NS: u64 = 1_000_000;
+
+/// True when the kernel's flow table may have evicted a UDP egress flow's entry while the
+/// flow was open. A reply is reported only when it finds the entry of its flow (the first
+/// reply of a tuple, at the pod veth and at the uplink), and the table evicts its least
+/// recently used entry when full: without the entry a reply passes unreported, and silence
+/// is no evidence. Each request sighting at a hook that makes entries (pod veth ingress,
+/// uplink/trunk/branch ENI egress) must still have its entry, made no later than it.
+pub fn evicted_while_open(v: &Verdict, flows: &FlowProbe<'_>) -> bool {
+    use crate::decode::event::IfaceKind;
+    if v.kind != FlowKind::Egress || v.transport != Transport::Udp {
+        return false;
+    }
+    v.path.iter().any(|p| {
+        let makes_entries = match (p.direction, p.hook, p.interface_kind) {
+            (Direction::Request, Hook::Ingress, Some(IfaceKind::PodVeth)) => true,
+            (
+                Direction::Request,
+                Hook::Egress,
+                Some(IfaceKind::Uplink | IfaceKind::Trunk | IfaceKind::BranchEni),
+            ) => true,
+            _ => false,
+        };
+        if !makes_entries {
+            return false;
+        }
+        let (Ok(src), Ok(dst)) = (
+            p.src.parse::<SocketAddr>(),
+            p.dst.parse::<SocketAddr>(),
+        ) else {
+            // Cannot check: take the safe side.
+            return true;
+        };
+        let seen = v
+            .start_ns
+            .saturating_add((p.t_ms * 1e6).round() as u64);
+        match flows(&FlowKey::new(wire(src), wire(dst), IPPROTO_UDP)) {
+            Some(e) => e.first_ns > seen.saturating_add(ENTRY_SLACK_NS),
+            None => true,
+        }
+    })
+}
+
+/// An address and port as the kernel programs store them.
+fn wire(a: SocketAddr) -> ([u8; 16], u16) {
+    let mut b = [0u8; 16];
+    match a.ip() {
+        std::net::IpAddr::V4(ip) => {
+            if let Some(head) = b.get_mut(..4) {
+                head.copy_from_slice(&ip.octets());
+            }
+        }
+        std::net::IpAddr::V6(ip) => b = ip.octets(),
+    }
+    (b, a.port())
+}
+
+/// The verdict of a flow whose kernel entry was evicted: no loss is claimed.
+pub fn downgrade_evicted(v: &mut Verdict) {
+    let note = format!(
+        "the kernel's flow table (at most {FLOW_TABLE_ENTRIES} UDP flows, the least recently used evicted first) evicted this flow's entry while it was open, so a reply may have passed unreported"
+    );
+    v.evidence_note = Some(match v.evidence_note.take() {
+        Some(n) => format!("{n}; {note}"),
+        None => note,
+    });
+    v.facts.downgraded_from = Some(v.verdict);
+    v.verdict = VerdictKind::Unknown;
+    v.evidence = Evidence::Incomplete;
 }
 
 /// The path from records to lines.
@@ -219,21 +302,26 @@ impl Pipeline {
         self.correlator.note_loss_span(from, to, what);
     }
 
-    /// Emits the verdicts of flows that completed or whose window closed by `now`.
-    pub fn poll(&mut self, now: u64, hooks: &HookTable) {
+    /// Emits the verdicts of flows that completed or whose window closed by `now`. `flows`
+    /// reads an entry of the kernel's flow table (see [`evicted_while_open`]).
+    pub fn poll(&mut self, now: u64, hooks: &HookTable, flows: &FlowProbe<'_>) {
         let verdicts = self.correlator.poll(now);
-        self.emit(verdicts, hooks);
+        self.emit(verdicts, hooks, flows);
     }
 
     /// Emits every open flow's verdict (shutdown).
-    pub fn finish(&mut self, hooks: &HookTable) {
+    pub fn finish(&mut self, hooks: &HookTable, flows: &FlowProbe<'_>) {
         let verdicts = self.correlator.flush();
-        self.emit(verdicts, hooks);
+        self.emit(verdicts, hooks, flows);
         self.flush();
     }
 
-    fn emit(&mut self, verdicts: Vec<Verdict>, hooks: &HookTable) {
+    fn emit(&mut self, verdicts: Vec<Verdict>, hooks: &HookTable, flows: &FlowProbe<'_>) {
         for mut v in verdicts {
+            if v.verdict == VerdictKind::LostBeyondNode && evicted_while_open(&v, flows) {
+                self.user.egress_evicted += 1;
+                downgrade_evicted(&mut v);
+            }
             let clock = &self.clock;
             let facts = Facts {
                 meta: &self.meta,

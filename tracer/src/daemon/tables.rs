@@ -10,7 +10,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use tracer_common::{
-    Config, Control, DnsEntry, DnsKey, LOSS_SLOT_NS, LOSS_SLOTS, dns_flags, dns_state,
+    Config, Control, DnsEntry, DnsKey, FlowKey, FlowStats, LOSS_SLOT_NS, LOSS_SLOTS, dns_flags,
+    dns_state,
 };
 
 use crate::capture::load::{Tables, read_all, take_entry};
@@ -109,6 +110,11 @@ impl KernelTables {
             .slots
             .find(key)
             .or_else(|| self.t.dns.get(key, 0).ok())
+    }
+
+    /// The entry of `key` in the kernel's flow table now, if any (one system call).
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowStats> {
+        self.t.flows.get(key, 0).ok()
     }
 
     /// The kernel's delivery ledger, when loaded with one.

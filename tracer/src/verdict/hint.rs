@@ -624,6 +624,8 @@ fn unknown(v: &Verdict) -> String {
                 ": parallel A/AAAA queries from one socket lose one to the conntrack insert race (`conntrack -S`: insert_failed); `options single-request-reopen` in the pod's resolv.conf avoids it"
             } else if note.contains("flow table full") {
                 ": raise the flow table limit"
+            } else if note.contains("evicted this flow's entry") {
+                ": this node opens UDP flows faster than the kernel's flow table keeps them (counter `egress_evicted`)"
             } else if note.contains("tracer stopped") {
                 ""
             } else {

@@ -1772,6 +1772,83 @@ fn stats_count_verdicts() {
     );
 }
 
+/// A UDP egress flow is only called lost while the kernel's flow table still holds the entries
+/// its reply would have been reported through (one per hook that makes entries: the pod veth's
+/// ingress before SNAT, the uplink's egress after it), made when the flow started. An entry
+/// gone or made later (its predecessor evicted, then a retransmission made a new one) means a
+/// reply may have passed unreported: `unknown`, and the hint says why. The kernel table is a
+/// map here (the daemon reads the real one; `capture::kernel_tests` checks that the programs
+/// make entries with their time).
+#[test]
+fn udp_egress_lost_only_while_the_kernel_kept_its_entries() {
+    use std::collections::HashMap;
+    use tracer_common::{FlowKey, FlowStats};
+
+    use crate::daemon::pipeline::evicted_while_open;
+
+    let steps = evs(vec![
+        udp(0.0, Hook::Ingress, client_veth(), &c(40211), "203.0.113.9:123"),
+        udp(0.05, Hook::Egress, eth0(), &snat(40211), "203.0.113.9:123"),
+    ]);
+    let (out, _) = run_steps(Config::new("node-a"), &steps, 6000.0, false);
+    let v = out.first().expect("a verdict");
+    assert_eq!(v.verdict, VerdictKind::LostBeyondNode);
+    let key = |src: &str, first_ms: f64| {
+        let (SocketAddr::V4(s), SocketAddr::V4(d)) = (
+            src.parse::<SocketAddr>().unwrap(),
+            "203.0.113.9:123".parse::<SocketAddr>().unwrap(),
+        ) else {
+            unreachable!()
+        };
+        let mut sa = [0u8; 16];
+        sa[..4].copy_from_slice(&s.ip().octets());
+        let mut da = [0u8; 16];
+        da[..4].copy_from_slice(&d.ip().octets());
+        let entry = FlowStats {
+            first_ns: BASE + (first_ms * 1e6) as u64,
+            last_ns: BASE + (first_ms * 1e6) as u64,
+            ..FlowStats::default()
+        };
+        (FlowKey::new((sa, s.port()), (da, d.port()), 17), entry)
+    };
+    let check = |table: &HashMap<FlowKey, FlowStats>| {
+        evicted_while_open(v, &|k: &FlowKey| table.get(k).copied())
+    };
+    let both = |pod_ms: f64, uplink_ms: f64| -> HashMap<FlowKey, FlowStats> {
+        HashMap::from([key(&c(40211), pod_ms), key(&snat(40211), uplink_ms)])
+    };
+    // Both entries made with the flow's sightings: the silence is evidence.
+    assert!(!check(&both(0.0, 0.05)));
+    // The uplink's entry (after SNAT) is gone: its reply could not have been reported.
+    let mut gone = both(0.0, 0.05);
+    gone.retain(|k, _| k.sport == 40211 && k.saddr[3] == 21);
+    assert_eq!(gone.len(), 1);
+    assert!(check(&gone));
+    // The pod veth's entry was made 2 s later: the first was evicted.
+    assert!(check(&both(2000.0, 0.05)));
+    // Not UDP egress: never.
+    let dns = run_steps(
+        Config::new("node-a"),
+        &evs(vec![q(0.0, Hook::Ingress, client_veth(), &c(40212), KUBE_DNS, 9)]),
+        6000.0,
+        false,
+    )
+    .0;
+    let d = dns.first().expect("a DNS verdict");
+    assert!(!evicted_while_open(d, &|_: &FlowKey| None));
+
+    // What the daemon does with such a verdict: unknown, and the hint says why.
+    let mut downgraded = v.clone();
+    crate::daemon::pipeline::downgrade_evicted(&mut downgraded);
+    let j = to_json(&downgraded);
+    assert_eq!(j["verdict"], "unknown", "{j:#}");
+    assert_eq!(j["evidence"], "incomplete", "{j:#}");
+    let hint = super::hint::render(&downgraded);
+    assert!(hint.contains("evicted this flow's entry"), "{hint}");
+    assert!(hint.contains("would read `lost_beyond_node`"), "{hint}");
+    assert!(hint.contains("egress_evicted"), "{hint}");
+}
+
 /// The hint names the tool whose tc program dropped the packet, from the programs finalize
 /// found at that hook.
 #[test]
