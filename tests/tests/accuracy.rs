@@ -361,7 +361,11 @@ fn udp_egress_without_reply_is_lost_only_where_a_reply_was_due() {
     let from = c.tracer.line_count();
     let sent = lab::exec_in(
         &client.netns,
-        &["sh", "-c", "echo 'requests:1|c' | socat -u - UDP4:203.0.113.80:8125"],
+        &[
+            "sh",
+            "-c",
+            "echo 'requests:1|c' | socat -u - UDP4:203.0.113.80:8125",
+        ],
     )
     .expect("send the datagram");
     assert!(sent.status.success(), "{sent:?}");

@@ -451,7 +451,10 @@ mod tests {
         }
         // The peer flags belong to `tracer run`, not to observe's tables.
         let observe = readme_section(readme, "## Live stream: `tracer observe`");
-        assert!(!observe.contains("`--peer-listen"), "peer flags under observe");
+        assert!(
+            !observe.contains("`--peer-listen"),
+            "peer flags under observe"
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use aya::{
     },
 };
 use tracer_common::{
-    Config, Control, DnsEntry, DnsKey, FlowKey, FlowStats, KernelOffsets, LOSS_SLOTS, SEEN_SLOTS, SummaryKey,
-    SummaryValue, counter,
+    Config, Control, DnsEntry, DnsKey, FlowKey, FlowStats, KernelOffsets, LOSS_SLOTS, SEEN_SLOTS,
+    SummaryKey, SummaryValue, counter,
 };
 
 /// Object file of the kernel programs, built by build.rs.

@@ -80,28 +80,23 @@ pub fn evicted_while_open(v: &Verdict, flows: &FlowProbe<'_>) -> bool {
         return false;
     }
     v.path.iter().any(|p| {
-        let makes_entries = match (p.direction, p.hook, p.interface_kind) {
-            (Direction::Request, Hook::Ingress, Some(IfaceKind::PodVeth)) => true,
-            (
-                Direction::Request,
-                Hook::Egress,
-                Some(IfaceKind::Uplink | IfaceKind::Trunk | IfaceKind::BranchEni),
-            ) => true,
-            _ => false,
-        };
+        let makes_entries = matches!(
+            (p.direction, p.hook, p.interface_kind),
+            (Direction::Request, Hook::Ingress, Some(IfaceKind::PodVeth))
+                | (
+                    Direction::Request,
+                    Hook::Egress,
+                    Some(IfaceKind::Uplink | IfaceKind::Trunk | IfaceKind::BranchEni),
+                )
+        );
         if !makes_entries {
             return false;
         }
-        let (Ok(src), Ok(dst)) = (
-            p.src.parse::<SocketAddr>(),
-            p.dst.parse::<SocketAddr>(),
-        ) else {
+        let (Ok(src), Ok(dst)) = (p.src.parse::<SocketAddr>(), p.dst.parse::<SocketAddr>()) else {
             // Cannot check: take the safe side.
             return true;
         };
-        let seen = v
-            .start_ns
-            .saturating_add((p.t_ms * 1e6).round() as u64);
+        let seen = v.start_ns.saturating_add((p.t_ms * 1e6).round() as u64);
         match flows(&FlowKey::new(wire(src), wire(dst), IPPROTO_UDP)) {
             Some(e) => e.first_ns > seen.saturating_add(ENTRY_SLACK_NS),
             None => true,

@@ -1787,7 +1787,13 @@ fn udp_egress_lost_only_while_the_kernel_kept_its_entries() {
     use crate::daemon::pipeline::evicted_while_open;
 
     let steps = evs(vec![
-        udp(0.0, Hook::Ingress, client_veth(), &c(40211), "203.0.113.9:123"),
+        udp(
+            0.0,
+            Hook::Ingress,
+            client_veth(),
+            &c(40211),
+            "203.0.113.9:123",
+        ),
         udp(0.05, Hook::Egress, eth0(), &snat(40211), "203.0.113.9:123"),
     ]);
     let (out, _) = run_steps(Config::new("node-a"), &steps, 6000.0, false);
@@ -1829,7 +1835,14 @@ fn udp_egress_lost_only_while_the_kernel_kept_its_entries() {
     // Not UDP egress: never.
     let dns = run_steps(
         Config::new("node-a"),
-        &evs(vec![q(0.0, Hook::Ingress, client_veth(), &c(40212), KUBE_DNS, 9)]),
+        &evs(vec![q(
+            0.0,
+            Hook::Ingress,
+            client_veth(),
+            &c(40212),
+            KUBE_DNS,
+            9,
+        )]),
         6000.0,
         false,
     )

@@ -245,6 +245,23 @@ fn rows_show_problems_with_their_hint_and_summaries_with_their_count() {
     with_peer["peer"] = json!({"node": OTHER_NODE, "finding": "unknown", "reason": "timeout"});
     let row = Layout::wide(false).row(&with_peer);
     assert!(row.contains("unknown (timeout)"), "{row}");
+    // UDP egress with no reply where none was due (statsd): said so, not "[evidence incomplete]".
+    let one_way = json!({
+        "decided_at": "2026-11-24T02:10:07.000Z", "node": NODE, "kind": "egress", "transport": "udp",
+        "verdict": "unknown", "evidence": "incomplete",
+        "evidence_note": "UDP needs no reply: the datagram left through eth0 and nothing came back within 5 s, but none was due",
+        "where": {"stage": "uplink", "interface": "eth0", "interface_kind": "uplink"},
+        "client": {"ip": "192.168.101.21", "pod": "checkout-6c9f8d7b5-q2w4e", "namespace": "shop"},
+        "server": {"ip": "203.0.113.9", "port": 8125},
+        "hint": "No verdict for the UDP packet from pod shop/checkout-6c9f8d7b5-q2w4e: UDP needs no reply.",
+    });
+    let row = layout.row(&one_way);
+    assert!(row.contains("no reply, none due (UDP)"), "{row}");
+    assert!(!row.contains("[evidence incomplete]"), "{row}");
+    let mut lost_data = one_way.clone();
+    lost_data["evidence_note"] = json!("events may have been lost while the flow was open");
+    let row = layout.row(&lost_data);
+    assert!(row.contains("[evidence incomplete]"), "{row}");
 }
 
 #[test]
