@@ -249,10 +249,14 @@ fn print_verdict(style: &Style, v: &Value) {
     if let Some(path) = v["path"].as_array() {
         let hops: Vec<String> = path
             .iter()
-            .map(|p| match p["interface"].as_str() {
-                Some(i) => format!("{i}:{}", s(&p["hook"])),
-                // A packet freed with no device: a socket's queue, not an interface.
-                None => format!("(no device):{}", s(&p["hook"])),
+            .map(|p| {
+                let note = p["note"].as_str().unwrap_or_default();
+                match p["interface"].as_str() {
+                    // A TCP connection's last segment freed with its closing socket: no loss.
+                    _ if note.contains("freed as the socket closed") => "(socket closed)".into(),
+                    Some(i) => format!("{i}:{}", s(&p["hook"])),
+                    None => format!("(no device):{}", s(&p["hook"])),
+                }
             })
             .collect();
         println!(
