@@ -332,6 +332,22 @@ fn udp_egress_is_established_with_and_without_port_remapping() {
         }
         assert!(hint(&v).contains("established"), "{}", hint(&v));
     }
+    // A pod with its own security group leaves through its branch ENI without SNAT: the
+    // datagram has the same addresses there as at its veth and is seen at both.
+    let sg = c.pod("default", "sg-client");
+    let from = c.tracer.line_count();
+    assert!(
+        udp_echo(&sg.netns).contains("accuracy"),
+        "echo via the branch ENI"
+    );
+    let v = c.verdict_from(from, "the UDP echo via the branch ENI", |v| {
+        v["kind"] == "egress" && v["transport"] == "udp" && v["client"]["ip"] == sg.ip.to_string()
+    });
+    assert_eq!(v["verdict"], "established", "{v:#}");
+    assert_eq!(v["egress_interface"]["name"], "vlan.eth.1", "{v:#}");
+    assert_eq!(v["egress_interface"]["kind"], "branch_eni", "{v:#}");
+    assert_eq!(v["egress"]["snat_ip"], Value::Null, "{v:#}");
+    assert!(hint(&v).contains("via vlan.eth.1"), "{}", hint(&v));
 }
 
 /// UDP needs no reply. A datagram to a server that takes it and sends nothing back (a statsd

@@ -264,9 +264,9 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
-    /// Packets seen after the first.
+    /// Packets seen after the first (a flow without SNAT counts each at both hooks).
     pub packets: u64,
-    /// Bytes seen after the first.
+    /// Bytes seen after the first (likewise).
     pub bytes: u64,
     /// Last time a packet of the flow was seen (`bpf_ktime_get_ns`).
     pub last_ns: u64,
@@ -300,6 +300,12 @@ pub mod flow_flags {
     pub const REPLY_AT_POD: u32 = 1 << 0;
     /// A reply of the flow was reported at an uplink's ingress (into the node).
     pub const REPLY_AT_UPLINK: u32 = 1 << 1;
+    /// The flow's first packet was reported at a pod veth's ingress (from the pod).
+    pub const REQUEST_AT_POD: u32 = 1 << 2;
+    /// The flow's first packet was reported at an uplink's egress (leaving the node). Without
+    /// SNAT the packet has the same key there as at the pod veth, so the entry needs both bits
+    /// for the packet to be reported at both hooks.
+    pub const REQUEST_AT_UPLINK: u32 = 1 << 3;
 }
 
 /// Limit of the in-kernel flow table (LRU: the least recently used flow is evicted when full;

@@ -198,12 +198,25 @@ fn udp_first(p: &Parsed, at: At) -> bool {
     let now = now_ns();
     if request {
         let key = p.flow_key();
+        let seen_here = if at.role == Role::Pod {
+            flow_flags::REQUEST_AT_POD
+        } else {
+            flow_flags::REQUEST_AT_UPLINK
+        };
         if let Some(stats) = FLOWS.get_ptr_mut(&key) {
-            // SAFETY: map value pointer valid during the program; racing updates only lose counts.
+            // SAFETY: map value pointer valid during the program; racing updates only lose
+            // counts (or report a first packet at this hook twice, a duplicate the daemon
+            // counts).
             unsafe {
+                (*stats).last_ns = now;
+                // Without SNAT the packet leaves the node with the key it had at the pod veth:
+                // its first passage through the uplink is still news.
+                if (*stats).flags & seen_here == 0 {
+                    (*stats).flags |= seen_here;
+                    return true;
+                }
                 (*stats).packets += 1;
                 (*stats).bytes += u64::from(p.ip_len);
-                (*stats).last_ns = now;
             }
             count(counter::FLOW_AGGREGATED);
             return false;
@@ -213,7 +226,7 @@ fn udp_first(p: &Parsed, at: At) -> bool {
             bytes: 0,
             last_ns: now,
             first_ns: now,
-            flags: 0,
+            flags: seen_here,
             _pad: 0,
         };
         if FLOWS.insert(&key, &stats, 0).is_err() {

@@ -353,6 +353,24 @@ fn egress_first_packets_and_first_replies_only() {
     );
     assert_eq!(entry.packets, 1, "{entry:?}");
     assert!(entry.last_ns >= entry.first_ns, "{entry:?}");
+    // Without SNAT (a branch ENI pod, a VPC destination, external SNAT) the packet leaves
+    // through the uplink with the key it had at the pod veth: reported there once too.
+    let other = eth_ipv4(17, &udp(41001, 8125, &[7; 20]));
+    assert_eq!(
+        run(&mut k, TcProgram::PodIn, &other).len(),
+        1,
+        "at the pod veth"
+    );
+    assert_eq!(
+        run(&mut k, TcProgram::UplinkOut, &other).len(),
+        1,
+        "leaving the node"
+    );
+    assert!(
+        run(&mut k, TcProgram::PodIn, &other).is_empty()
+            && run(&mut k, TcProgram::UplinkOut, &other).is_empty(),
+        "later packets aggregated at both hooks"
+    );
     assert_eq!(
         run(&mut k, TcProgram::PodOut, &back).len(),
         1,
@@ -367,8 +385,8 @@ fn egress_first_packets_and_first_replies_only() {
         "other interfaces ignore UDP"
     );
     let c = k.capture.counters().expect("counters");
-    assert_eq!(c.flow_aggregated, 2);
-    assert_eq!(c.tc_seen, 7, "every packet counted as seen: {c:?}");
+    assert_eq!(c.flow_aggregated, 4);
+    assert_eq!(c.tc_seen, 11, "every packet counted as seen: {c:?}");
 }
 
 #[test]

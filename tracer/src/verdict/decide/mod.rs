@@ -36,9 +36,11 @@ pub enum Closing {
 /// branch ENI.
 pub type RecentKey = (SocketAddr, Transport, String);
 
-/// UDP ports of request/response protocols: a datagram to one of them expects a reply (DNS,
-/// TFTP, Kerberos, NTP, SNMP, CLDAP, QUIC/HTTP3, IKE, RADIUS, STUN).
-const UDP_REPLY_PORTS: [u16; 12] = [53, 69, 88, 123, 161, 389, 443, 500, 1812, 1813, 3478, 4500];
+/// UDP ports of request/response protocols whose reply comes from the port asked (so the
+/// kernel pairs it with the request): a datagram to one of them expects a reply (DNS, Kerberos,
+/// NTP, SNMP, CLDAP, QUIC/HTTP3, IKE, RADIUS, STUN). Not TFTP: its server answers from a new
+/// port, which no tracer can pair without reading the protocol.
+const UDP_REPLY_PORTS: [u16; 11] = [53, 88, 123, 161, 389, 443, 500, 1812, 1813, 3478, 4500];
 
 /// A remembered outcome toward a (server, transport, interface).
 #[derive(Clone, Copy, Debug)]
