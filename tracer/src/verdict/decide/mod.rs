@@ -65,6 +65,15 @@ pub struct Ctx<'a> {
     pub recent_horizon_ns: u64,
 }
 
+impl Ctx<'_> {
+    /// Whether `server` answered over `t` through interface `via` within the horizon of `at`.
+    fn answered_lately(&self, server: SocketAddr, t: Transport, via: &str, at: u64) -> bool {
+        self.recent
+            .get(&(server, t, via.to_owned()))
+            .is_some_and(|r| r.ok && r.ts.abs_diff(at) <= self.recent_horizon_ns)
+    }
+}
+
 /// Builds the verdict of a closed flow.
 pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
     let (pi, out) = primary(flow).unwrap_or((0, Outcome::new(VerdictKind::Unknown, None)));
@@ -106,16 +115,11 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
     let via_now = egress_sighting(pa)
         .map(|s| s.iface.name.clone())
         .unwrap_or_default();
-    let answered_lately = |t: Transport| {
-        ctx.recent
-            .get(&(server_addr, t, via_now.clone()))
-            .is_some_and(|r| r.ok && r.ts.abs_diff(flow.last_ts) <= ctx.recent_horizon_ns)
-    };
     if flow.kind == FlowKind::Egress
         && pa.proto == Transport::Udp
         && kind == VerdictKind::LostBeyondNode
         && !UDP_REPLY_PORTS.contains(&server_addr.port())
-        && !answered_lately(Transport::Udp)
+        && !ctx.answered_lately(server_addr, Transport::Udp, &via_now, flow.last_ts)
     {
         kind = VerdictKind::Unknown;
         notes.push(format!(
@@ -286,11 +290,7 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
         .as_ref()
         .map(|e| e.name.clone())
         .unwrap_or_default();
-    let recent_ok = |t: Transport| {
-        ctx.recent
-            .get(&(server_addr, t, via.clone()))
-            .is_some_and(|r| r.ok && r.ts.abs_diff(flow.last_ts) <= ctx.recent_horizon_ns)
-    };
+    let recent_ok = |t: Transport| ctx.answered_lately(server_addr, t, &via, flow.last_ts);
     let lost = downgraded_from.unwrap_or(kind) == VerdictKind::LostBeyondNode;
     let earlier: Vec<String> = flow
         .attempts
