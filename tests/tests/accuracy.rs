@@ -364,15 +364,8 @@ fn udp_egress_without_reply_is_lost_only_where_a_reply_was_due() {
     let client = c.pod("default", "client");
     let bind = format!("UDP4-RECV:8125,bind={}", lab::INET_SERVER_IP);
     let mut sink = lab::spawn_in(lab::NS_INET, &["socat", "-u", &bind, "STDOUT"]).expect("sink");
-    let listening = || {
-        lab::exec_in(lab::NS_INET, &["ss", "-Hlun", "sport = :8125"])
-            .is_ok_and(|o| !o.stdout.is_empty())
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while !listening() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(listening(), "the statsd stand-in listens");
+    lab::wait_udp_listening(lab::NS_INET, 8125, Duration::from_secs(3))
+        .expect("the statsd stand-in listens");
 
     let from = c.tracer.line_count();
     let sent = lab::exec_in(

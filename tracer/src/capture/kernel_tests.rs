@@ -336,14 +336,7 @@ fn egress_first_packets_and_first_replies_only() {
     // The flow's entry says when it was made (the daemon checks that a flow it would call
     // lost kept its entry from its first packet on), and counts the packets after the first.
     let ev = *packets(&first).first().expect("a packet event");
-    let wire = |ip: std::net::IpAddr| match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&v4.octets());
-            b
-        }
-        std::net::IpAddr::V6(v6) => v6.octets(),
-    };
+    let wire = crate::decode::wire_addr;
     let key = tracer_common::FlowKey::new((wire(ev.src), ev.sport), (wire(ev.dst), ev.dport), 17);
     let entry = k.tables.flows.get(&key, 0).expect("the flow's entry");
     assert!(

@@ -8,6 +8,7 @@ use crate::{
         self, Record, Symbols,
         event::{Hook, PacketEvent},
         record::{DnsFlowRecord, Why},
+        wire_addr,
     },
     enrich::{
         MetaCache,
@@ -97,25 +98,16 @@ pub fn evicted_while_open(v: &Verdict, flows: &FlowProbe<'_>) -> bool {
             return true;
         };
         let seen = v.start_ns.saturating_add((p.t_ms * 1e6).round() as u64);
-        match flows(&FlowKey::new(wire(src), wire(dst), IPPROTO_UDP)) {
+        let key = FlowKey::new(
+            (wire_addr(src.ip()), src.port()),
+            (wire_addr(dst.ip()), dst.port()),
+            IPPROTO_UDP,
+        );
+        match flows(&key) {
             Some(e) => e.first_ns > seen.saturating_add(ENTRY_SLACK_NS),
             None => true,
         }
     })
-}
-
-/// An address and port as the kernel programs store them.
-fn wire(a: SocketAddr) -> ([u8; 16], u16) {
-    let mut b = [0u8; 16];
-    match a.ip() {
-        std::net::IpAddr::V4(ip) => {
-            if let Some(head) = b.get_mut(..4) {
-                head.copy_from_slice(&ip.octets());
-            }
-        }
-        std::net::IpAddr::V6(ip) => b = ip.octets(),
-    }
-    (b, a.port())
 }
 
 /// The verdict of a flow whose kernel entry was evicted: no loss is claimed.
@@ -316,6 +308,8 @@ impl Pipeline {
             if v.verdict == VerdictKind::LostBeyondNode && evicted_while_open(&v, flows) {
                 self.user.egress_evicted += 1;
                 downgrade_evicted(&mut v);
+                self.correlator
+                    .recount(VerdictKind::LostBeyondNode, VerdictKind::Unknown);
             }
             let clock = &self.clock;
             let facts = Facts {

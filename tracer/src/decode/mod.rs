@@ -102,6 +102,18 @@ pub fn addr(version: u8, raw: [u8; 16]) -> Result<IpAddr, DecodeError> {
     }
 }
 
+/// An address in the kernel programs' form, the inverse of [`addr`]: IPv4 in the first 4
+/// bytes, the rest zero.
+pub fn wire_addr(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => {
+            let [a0, a1, a2, a3] = a.octets();
+            [a0, a1, a2, a3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
 /// The interface of a sighting: a device of another namespace (a pod's, seen by the drop
 /// program) is named by namespace and index, since its index means nothing here.
 fn iface_of(ifaces: &IfaceTable, ifindex: u32, drop_netns: Option<u32>, own_netns: u32) -> Iface {
@@ -230,6 +242,16 @@ mod tests {
         let p = (r as *const RawEvent).cast::<u8>();
         // SAFETY: test-only view of a repr(C) value as bytes.
         unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<RawEvent>()) }.to_vec()
+    }
+
+    #[test]
+    fn wire_addr_is_the_inverse_of_addr() {
+        for ip in ["198.18.1.21", "fd00::21", "0.0.0.0", "255.255.255.255"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let version = if ip.is_ipv4() { 4 } else { 6 };
+            assert_eq!(addr(version, wire_addr(ip)).unwrap(), ip);
+        }
+        assert_eq!(&wire_addr("1.2.3.4".parse().unwrap())[4..], &[0u8; 12]);
     }
 
     #[test]

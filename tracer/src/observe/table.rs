@@ -678,7 +678,7 @@ fn verdict_cells(v: &Value) -> Cells {
     // UDP egress that got nothing back where no reply was due (statsd, syslog): not a loss,
     // and nothing was missing from the evidence either.
     let one_way = verdict == "unknown"
-        && str_at(v, "evidence_note").is_some_and(|n| n.starts_with("UDP needs no reply"));
+        && str_at(v, "evidence_note").is_some_and(|n| n.starts_with(crate::verdict::NO_REPLY_DUE));
     if one_way {
         reason.push("no reply, none due (UDP)".to_owned());
     } else if str_at(v, "evidence") == Some("incomplete") {

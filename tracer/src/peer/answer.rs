@@ -33,16 +33,9 @@ pub struct QueryKey {
 impl QueryKey {
     /// The kernel's form of the key.
     pub fn to_dns_key(self) -> tracer_common::DnsKey {
-        let (client, ip_version) = match self.client {
-            IpAddr::V4(a) => {
-                let mut c = [0u8; 16];
-                c[..4].copy_from_slice(&a.octets());
-                (c, 4)
-            }
-            IpAddr::V6(a) => (a.octets(), 6),
-        };
+        let ip_version = if self.client.is_ipv4() { 4 } else { 6 };
         tracer_common::DnsKey {
-            client,
+            client: crate::decode::wire_addr(self.client),
             port: self.port,
             id: self.id,
             ip_version,

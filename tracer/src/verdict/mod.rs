@@ -109,6 +109,7 @@ pub use model::{
     Server, Stage, Transport, Verdict, VerdictKind, Where,
 };
 
+pub(crate) use decide::NO_REPLY_DUE;
 pub(crate) use model::ClientSide;
 
 /// Default [`Config::max_flows`].
@@ -176,8 +177,8 @@ pub struct VerdictCounts {
 }
 
 impl VerdictCounts {
-    fn add(&mut self, k: VerdictKind) {
-        let c = match k {
+    fn slot(&mut self, k: VerdictKind) -> &mut u64 {
+        match k {
             VerdictKind::Answered => &mut self.answered,
             VerdictKind::Established => &mut self.established,
             VerdictKind::Dropped => &mut self.dropped,
@@ -185,8 +186,19 @@ impl VerdictCounts {
             VerdictKind::Unanswered => &mut self.unanswered,
             VerdictKind::Rejected => &mut self.rejected,
             VerdictKind::Unknown => &mut self.unknown,
-        };
+        }
+    }
+
+    fn add(&mut self, k: VerdictKind) {
+        let c = self.slot(k);
         *c = c.saturating_add(1);
+    }
+
+    /// A verdict counted as `was` went out as `now`.
+    fn moved(&mut self, was: VerdictKind, now: VerdictKind) {
+        let c = self.slot(was);
+        *c = c.saturating_sub(1);
+        self.add(now);
     }
 
     /// Count of kind `k`.

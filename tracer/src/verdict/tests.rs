@@ -1800,16 +1800,12 @@ fn udp_egress_lost_only_while_the_kernel_kept_its_entries() {
     let v = out.first().expect("a verdict");
     assert_eq!(v.verdict, VerdictKind::LostBeyondNode);
     let key = |src: &str, first_ms: f64| {
-        let (SocketAddr::V4(s), SocketAddr::V4(d)) = (
-            src.parse::<SocketAddr>().unwrap(),
-            "203.0.113.9:123".parse::<SocketAddr>().unwrap(),
-        ) else {
-            unreachable!()
-        };
-        let mut sa = [0u8; 16];
-        sa[..4].copy_from_slice(&s.ip().octets());
-        let mut da = [0u8; 16];
-        da[..4].copy_from_slice(&d.ip().octets());
+        let s: SocketAddr = src.parse().unwrap();
+        let d: SocketAddr = "203.0.113.9:123".parse().unwrap();
+        let (sa, da) = (
+            crate::decode::wire_addr(s.ip()),
+            crate::decode::wire_addr(d.ip()),
+        );
         let entry = FlowStats {
             first_ns: BASE + (first_ms * 1e6) as u64,
             last_ns: BASE + (first_ms * 1e6) as u64,
@@ -1860,6 +1856,18 @@ fn udp_egress_lost_only_while_the_kernel_kept_its_entries() {
     assert!(hint.contains("evicted this flow's entry"), "{hint}");
     assert!(hint.contains("would read `lost_beyond_node`"), "{hint}");
     assert!(hint.contains("egress_evicted"), "{hint}");
+    // The correlator's counters follow the verdict that went out.
+    let mut c = Correlator::new(Config::new("node-a"));
+    for s in &steps {
+        if let Step::Ev(e) = s {
+            c.observe(e);
+        }
+    }
+    assert_eq!(c.poll(BASE + 6_000_000_000).len(), 1);
+    assert_eq!(c.stats().verdicts.lost_beyond_node, 1);
+    c.recount(VerdictKind::LostBeyondNode, VerdictKind::Unknown);
+    let counts = c.stats().verdicts;
+    assert_eq!((counts.lost_beyond_node, counts.unknown), (0, 1));
 }
 
 /// The hint names the tool whose tc program dropped the packet, from the programs finalize

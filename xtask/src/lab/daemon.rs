@@ -138,6 +138,40 @@ remote-control:
     )
 }
 
+/// True when every `(proto, port)` has a socket bound in namespace `ns` (IPv4).
+pub(crate) fn listening(ns: &str, listens: &[(Proto, u16)]) -> Result<bool> {
+    let out = command_in(ns, &["cat", "/proc/net/udp", "/proc/net/tcp"])
+        .output()
+        .with_context(|| format!("reading sockets of {ns}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(listens.iter().all(|&(proto, port)| {
+        let needle = format!(":{port:04X} ");
+        text.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let local = f.nth(1).unwrap_or("");
+            let state = f.nth(1).unwrap_or("");
+            // UDP sockets show state 07 (unconnected), TCP listeners 0A.
+            let want = match proto {
+                Proto::Udp => "07",
+                Proto::Tcp => "0A",
+            };
+            format!("{local} ").ends_with(&needle) && state == want
+        })
+    }))
+}
+
+/// Waits until a UDP socket is bound to `port` in namespace `ns` (a server a test started).
+pub fn wait_udp_listening(ns: &str, port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !listening(ns, &[(Proto::Udp, port)])? {
+        if Instant::now() > deadline {
+            bail!("nothing listens on UDP {port} in {ns} after {timeout:?}");
+        }
+        sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 /// Transport of a listening socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Proto {
@@ -280,24 +314,7 @@ impl Daemon {
     }
 
     fn listening(&self) -> Result<bool> {
-        let out = command_in(self.netns, &["cat", "/proc/net/udp", "/proc/net/tcp"])
-            .output()
-            .with_context(|| format!("reading sockets of {}", self.netns))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        Ok(self.listens.iter().all(|&(proto, port)| {
-            let needle = format!(":{port:04X} ");
-            text.lines().any(|l| {
-                let mut f = l.split_whitespace();
-                let local = f.nth(1).unwrap_or("");
-                let state = f.nth(1).unwrap_or("");
-                // UDP sockets show state 07 (unconnected), TCP listeners 0A.
-                let want = match proto {
-                    Proto::Udp => "07",
-                    Proto::Tcp => "0A",
-                };
-                format!("{local} ").ends_with(&needle) && state == want
-            })
-        }))
+        listening(self.netns, &self.listens)
     }
 
     fn log_tail(&self) -> String {

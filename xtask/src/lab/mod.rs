@@ -32,7 +32,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 pub use cmd::command_in;
-pub use daemon::Replica;
+pub use daemon::{Replica, wait_udp_listening};
 pub use failure::{Failure, Pin, current_pin, failures_on, is_on, pin, set_failure};
 pub use topology::*;
 

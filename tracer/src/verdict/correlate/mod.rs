@@ -11,7 +11,7 @@ use crate::decode::event::{Iface, PacketEvent, Proto, QType};
 
 use super::decide::{self, Closing, Recent, RecentKey};
 use super::flow::{Detail, Flow, Key, Sighting};
-use super::model::{Direction, Transport, Verdict};
+use super::model::{Direction, Transport, Verdict, VerdictKind};
 use super::{Config, Stats};
 
 mod dns;
@@ -313,6 +313,12 @@ impl Correlator {
         }
         self.heap.clear();
         out
+    }
+
+    /// A verdict this correlator counted as `was` was changed to `now` before it went out
+    /// (the daemon found evidence missing that only the kernel's tables show).
+    pub fn recount(&mut self, was: VerdictKind, now: VerdictKind) {
+        self.stats.verdicts.moved(was, now);
     }
 
     /// Counters.

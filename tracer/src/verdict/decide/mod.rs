@@ -42,6 +42,10 @@ pub type RecentKey = (SocketAddr, Transport, String);
 /// port, which no tracer can pair without reading the protocol.
 const UDP_REPLY_PORTS: [u16; 11] = [53, 88, 123, 161, 389, 443, 500, 1812, 1813, 3478, 4500];
 
+/// How the `evidence_note` of a UDP egress flow that got no reply where none was due begins
+/// (`tracer observe` shows such a flow as one-way, not as missing evidence).
+pub const NO_REPLY_DUE: &str = "UDP needs no reply";
+
 /// A remembered outcome toward a (server, transport, interface).
 #[derive(Clone, Copy, Debug)]
 pub struct Recent {
@@ -123,7 +127,7 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
     {
         kind = VerdictKind::Unknown;
         notes.push(format!(
-            "UDP needs no reply: the datagram left through {via_now} and nothing came back within {} s, but none was due ({} is not a request/response port and has not answered UDP through {via_now} lately); one-way protocols such as statsd or syslog look like this when healthy; if this one expects a reply, the datagram or its reply was lost outside this node (route table, NAT gateway, security groups, network ACLs)",
+            "{NO_REPLY_DUE}: the datagram left through {via_now} and nothing came back within {} s, but none was due ({} is not a request/response port and has not answered UDP through {via_now} lately); one-way protocols such as statsd or syslog look like this when healthy; if this one expects a reply, the datagram or its reply was lost outside this node (route table, NAT gateway, security groups, network ACLs)",
             ctx.window_ns as f64 / 1e9,
             server_addr
         ));

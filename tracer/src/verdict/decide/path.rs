@@ -130,7 +130,7 @@ fn addr_change(a: SocketAddr, b: SocketAddr) -> String {
 /// The drop reason the kernel gives packets it frees in bulk because their socket is being
 /// torn down (`QUEUE_PURGE`: a closed TCP socket's queues), not because the network lost them.
 pub(super) fn is_teardown(reason: &str) -> bool {
-    reason.to_ascii_uppercase().contains("QUEUE_PURGE")
+    reason.contains("QUEUE_PURGE")
 }
 
 /// Nanoseconds as milliseconds, rounded to the microsecond.
