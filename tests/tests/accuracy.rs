@@ -613,3 +613,109 @@ fn row03_branch_eni_query_lost_and_reply_lost_look_the_same_from_node_a() {
         "{h}"
     );
 }
+
+/// Row 3 with the replica on the client's own node: a pod with its own security group (branch
+/// ENI) reaches even a replica on its node through the VPC, out of the branch ENI and back in
+/// through eth0. This node watches the replica's side too, so with the lab's names (which say
+/// the replica runs here) the verdict says which way the query died, without a peer:
+/// * the pod security group drops the query: it never came back in (`peer.finding`
+///   `request_lost`, `peer.node` this node);
+/// * a rule in the VPC (this test's own, standing for the NACL of a separate pod subnet) drops
+///   the answers on their way to the branch ENI: the query came back in at eth0, the answer
+///   left via eth0 and never came back in (`lost_beyond_node`, direction `response`,
+///   `reply_lost`) — before, this was `unknown`, "the reply reached the node but was never seen
+///   delivered".
+#[test]
+fn row03_replica_on_the_same_node_says_which_way() {
+    if !privileged() {
+        return;
+    }
+    let topology = lab::topology_path().to_string_lossy().into_owned();
+    let (guard, tracer) = lab_with_tracer(
+        lab::Pin::A,
+        &[lab::Failure::PodSgNoDns],
+        &[
+            "--window",
+            WINDOW,
+            "--answered",
+            "flows",
+            "--node-name",
+            lab::NODE_A_NAME,
+            "--lab-metadata",
+            &topology,
+        ],
+    );
+    let c = Case {
+        topo: guard.topology().clone(),
+        _guard: guard,
+        tracer,
+    };
+    let sg = c.pod("default", "sg-client");
+    let v = lost_udp(&c, &sg, lab::BRANCH_ENI_IFNAME);
+    assert_eq!(v["server"]["node"], lab::NODE_A_NAME, "{v:#}");
+    assert_eq!(v["peer"]["node"], lab::NODE_A_NAME, "{v:#}");
+    assert_eq!(v["peer"]["finding"], "request_lost", "{v:#}");
+    let h = hint(&v);
+    assert!(
+        h.contains("runs on this same node, and never came back in")
+            && h.contains("lost in the VPC on the way")
+            && h.contains("pod security group (on the branch ENI)"),
+        "{h}"
+    );
+
+    lab::set_failure(lab::Failure::PodSgNoDns, false).expect("failure off");
+    const RULE: &str = "FORWARD -i a-eth0 -o a-trunk1 -p udp --sport 53 -j DROP";
+    let rule = |op: &str| {
+        let mut argv = vec!["iptables", "-w", op];
+        argv.extend(RULE.split_whitespace());
+        let out = lab::exec_in(lab::NS_VPC, &argv).expect("iptables runs");
+        assert!(out.status.success(), "iptables {op}: {out:?}");
+    };
+    rule("-I");
+    let from = c.tracer.line_count();
+    let out = dig(&sg.netns, &["@198.19.0.10", NAME]);
+    rule("-D");
+    assert!(out.contains("timed out"), "{out}");
+    let ip = sg.ip.to_string();
+    // The pod's own flow: first seen entering at its veth.
+    let v = c.verdict_from(from, "the pod's query", |v| {
+        v["client"]["ip"] == ip.as_str()
+            && v["dns"]["qname"] == NAME
+            && v["path"][0]["interface"] == sg.host_veth.as_str()
+    });
+    assert_eq!(v["verdict"], "lost_beyond_node", "{v:#}");
+    assert_eq!(v["evidence"], "complete", "{v:#}");
+    assert_eq!(v["where"]["interface"], "eth0", "{v:#}");
+    assert_eq!(v["where"]["direction"], "response", "{v:#}");
+    assert_eq!(
+        v["egress_interface"]["name"],
+        lab::BRANCH_ENI_IFNAME,
+        "{v:#}"
+    );
+    assert_eq!(v["peer"]["finding"], "reply_lost", "{v:#}");
+    assert_eq!(v["peer"]["arrived"]["interface"], "eth0", "{v:#}");
+    assert_eq!(v["peer"]["reply_left"]["interface"], "eth0", "{v:#}");
+    let h = hint(&v);
+    assert!(
+        h.contains("came back in at eth0")
+            && h.contains("never came back in")
+            && h.contains("network ACLs"),
+        "{h}"
+    );
+    // Conntrack gave the query coming back in a new source port: the replica's side is a flow
+    // of its own, answered, and says it is only that side (not "delivered to a host-network
+    // client").
+    let leg = c.verdict_from(from, "the replica's side", |v| {
+        v["client"]["ip"] == ip.as_str()
+            && v["dns"]["qname"] == NAME
+            && v["path"][0]["interface"] != sg.host_veth.as_str()
+    });
+    assert_eq!(leg["verdict"], "answered", "{leg:#}");
+    assert_ne!(leg["client"]["port"], v["client"]["port"], "{leg:#}");
+    let h = hint(&leg);
+    assert!(
+        h.contains("only the server's side of this query was seen")
+            && !h.contains("host-network client"),
+        "{h}"
+    );
+}

@@ -48,6 +48,9 @@ pub fn finalize(v: &mut Verdict, f: &Facts<'_>) {
     {
         d.programs = Some(f.hooks.get(d.ifindex, ingress).to_vec());
     }
+    if let Some(own) = crate::peer::own_node_finding(v, f.wall) {
+        v.peer = Some(own);
+    }
     v.hint = crate::verdict::hint::render(v);
 }
 
@@ -72,6 +75,9 @@ fn annotate(v: &mut Verdict, meta: &MetaCache) {
             None => meta.pod_by_ip(v.client.ip),
         };
         if let Some(p) = &client {
+            v.facts.client_pod_unseen = v.facts.client_side == ClientSide::Host
+                && !p.host_network
+                && p.node.as_deref() == Some(v.node.as_str());
             v.client.meta = names(p);
         } else if entered.is_none()
             && let Some(node) = meta.node_by_ip(v.client.ip)

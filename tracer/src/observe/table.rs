@@ -699,15 +699,22 @@ fn verdict_cells(v: &Value) -> Cells {
     } else if healthy && !latency.is_empty() {
         reason.push(latency.clone());
     }
-    if matches!(verdict.as_str(), "lost_beyond_node" | "unanswered") {
+    if verdict == "lost_beyond_node" && str_at(v, "where.direction") == Some("response") {
+        // The reply left the node toward the client and never came back in.
+        reason.push("reply left, never back".to_owned());
+    } else if matches!(verdict.as_str(), "lost_beyond_node" | "unanswered") {
         reason.push("no reply".to_owned());
     }
-    // Cross-node verdicts: what the server node's tracer found.
+    // Cross-node verdicts: what the server node's tracer found (this node's own account when
+    // the server runs here).
     if let Some(finding) = text(v, "peer.finding") {
-        let node = str_at(v, "peer.node").map(short_node).unwrap_or_default();
+        let who = match str_at(v, "peer.node") {
+            Some(n) if str_at(v, "node") == Some(n) => "this node".to_owned(),
+            n => format!("peer {}", n.map(short_node).unwrap_or_default()),
+        };
         match text(v, "peer.reason") {
-            Some(r) => reason.push(format!("peer {node}: {finding} ({r})")),
-            None => reason.push(format!("peer {node}: {finding}")),
+            Some(r) => reason.push(format!("{who}: {finding} ({r})")),
+            None => reason.push(format!("{who}: {finding}")),
         }
     }
     if let Some(r) = text(v, "drop.reason") {

@@ -26,8 +26,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::decode::event::{Hook, IfaceKind};
 use crate::verdict::{
-    FlowKind, PeerFinding, PeerOut, PeerReason, PeerSighting, Transport, Verdict, VerdictKind,
+    Direction, FlowKind, PathEntry, PeerFinding, PeerOut, PeerReason, PeerSighting, Transport,
+    Verdict, VerdictKind,
 };
 
 use self::{
@@ -100,6 +102,59 @@ pub fn peer_out(node: &str, a: Answer) -> PeerOut {
 /// The `peer` object when there is no answer.
 pub fn peer_unknown(node: &str, reason: PeerReason) -> PeerOut {
     peer_out(node, Answer::unknown(0, reason))
+}
+
+/// This node's own account of a DNS query lost beyond it toward a server on this very node.
+/// A pod with its own security group (a branch ENI) reaches even a replica on its own node
+/// through the VPC; this tracer watches the replica's side too, so it says which way the query
+/// died without asking anyone: it never came back in ([`PeerFinding::RequestLost`]), or it came
+/// back, was answered and the answer left again toward the pod ([`PeerFinding::ReplyLost`]).
+/// `None` for any other verdict; `wall` turns a monotonic time into RFC 3339.
+pub fn own_node_finding(v: &Verdict, wall: &dyn Fn(u64) -> Option<String>) -> Option<PeerOut> {
+    if v.verdict != VerdictKind::LostBeyondNode
+        || v.kind != FlowKind::Dns
+        || v.server.meta.node.as_deref() != Some(v.node.as_str())
+    {
+        return None;
+    }
+    let seen = |h: &PathEntry| {
+        h.interface.clone().map(|interface| PeerSighting {
+            interface,
+            // Saturating: t_ms is never negative or NaN, and an odd value only loses the time.
+            time: wall(v.start_ns.saturating_add((h.t_ms * 1e6) as u64)),
+        })
+    };
+    let exit = |h: &&PathEntry| h.interface_kind.is_some_and(crate::verdict::is_exit);
+    let mut out = peer_unknown(&v.node, PeerReason::NodeUnknown);
+    out.reason = None;
+    match v.where_.direction {
+        Direction::Request => out.finding = PeerFinding::RequestLost,
+        Direction::Response => {
+            out.finding = PeerFinding::ReplyLost;
+            out.arrived = v
+                .path
+                .iter()
+                .filter(exit)
+                .find(|h| h.direction == Direction::Request && h.hook == Hook::Ingress)
+                .and_then(seen);
+            out.to_replica = v
+                .path
+                .iter()
+                .find(|h| {
+                    h.direction == Direction::Request
+                        && h.hook == Hook::Egress
+                        && h.interface_kind == Some(IfaceKind::PodVeth)
+                })
+                .and_then(seen);
+            out.reply_left = v
+                .path
+                .iter()
+                .filter(exit)
+                .rfind(|h| h.direction == Direction::Response && h.hook == Hook::Egress)
+                .and_then(seen);
+        }
+    }
+    Some(out)
 }
 
 impl Parking {

@@ -1,7 +1,7 @@
 //! The `hint`: one sentence naming the likely cause and where to look, rendered from the
 //! verdict's own fields (so enrichment can re-render it with pod and node names).
 
-use crate::decode::event::{IcmpKind, IfaceKind, Rcode};
+use crate::decode::event::{Hook, IcmpKind, IfaceKind, Rcode};
 
 use super::model::{
     ClientSide, Direction, FlowKind, PeerFinding, PeerOut, PeerReason, PodMeta, RejectBy, Stage,
@@ -166,9 +166,21 @@ fn answered(v: &Verdict) -> String {
             iface(v)
         );
     }
+    // Not what the pod got: only the server's side was seen.
+    let unseen = if v.facts.client_pod_unseen {
+        format!(
+            "; only the server's side of this query was seen: it was first seen at {}, not at the pod's veth (an untraced veth, or the way through the VPC of a pod with its own security group, where conntrack gives the query coming back in a new source port), so whether the answer reached the pod is not known from this line",
+            v.facts
+                .first_iface
+                .as_deref()
+                .unwrap_or("the server's veth")
+        )
+    } else {
+        String::new()
+    };
     if let Some(code) = d.rcode.filter(|r| *r != Rcode::NOERROR) {
         return format!(
-            "{} answered {rcode} for {q}{lat}: not a network failure, {}{}",
+            "{} answered {rcode} for {q}{lat}: not a network failure, {}{}{unseen}",
             server(v),
             rcode_text(code),
             retries_suffix(v)
@@ -187,7 +199,9 @@ fn answered(v: &Verdict) -> String {
     if v.facts.truncated_no_fallback {
         s.push_str("; the answer was truncated (TC) and the client did not retry over TCP: large answers need TCP 53 or EDNS0");
     }
-    if v.facts.delivery_unobserved {
+    if v.facts.client_pod_unseen {
+        s.push_str(&unseen);
+    } else if v.facts.delivery_unobserved {
         s.push_str("; delivery to the host-network client inferred (no drop followed)");
     }
     s
@@ -443,6 +457,9 @@ fn lost(v: &Verdict) -> String {
         _ => String::new(),
     };
     let suffix = retries_suffix(v);
+    if v.where_.direction == Direction::Response {
+        return format!("{}{suffix}", reply_left(v, &via_txt, branch));
+    }
     if v.kind == FlowKind::Egress {
         let what = if p == "TCP" { "SYN" } else { "UDP" };
         let back = if p == "TCP" { "SYN-ACK" } else { "reply" };
@@ -468,7 +485,7 @@ fn lost(v: &Verdict) -> String {
     if let Some(peer) = &v.peer
         && peer.finding != PeerFinding::Unknown
     {
-        return format!("{}{suffix}", peer_lost(v, peer, &via_txt, &sg));
+        return format!("{}{suffix}", peer_lost(v, peer, &via_txt, &sg, branch));
     }
     let lead = if v.facts.after_truncation {
         format!(
@@ -532,8 +549,46 @@ fn peer_reason(r: PeerReason) -> &'static str {
     }
 }
 
-/// The lost hint when the server node's tracer said where the query ended.
-fn peer_lost(v: &Verdict, peer: &PeerOut, via: &str, sg: &str) -> String {
+/// The lost hint when the request came back into this node, reached the server and its reply
+/// left through an exit toward the client (a pod with its own security group talking to a
+/// server on its own node goes through the VPC both ways), and never came back in.
+fn reply_left(v: &Verdict, via: &str, branch: bool) -> String {
+    let p = proto(v).upper();
+    let w = window(v);
+    let (what, back) = match v.kind {
+        FlowKind::Dns => (format!("{p} 53"), "the answer".to_owned()),
+        FlowKind::Egress if p == "TCP" => ("The SYN".to_owned(), "the SYN-ACK".to_owned()),
+        FlowKind::Egress => ("The UDP datagram".to_owned(), "the reply".to_owned()),
+    };
+    let entered = v
+        .path
+        .iter()
+        .find(|h| {
+            h.direction == Direction::Request
+                && h.hook == Hook::Ingress
+                && h.interface_kind.is_some_and(super::flow::is_exit)
+        })
+        .and_then(|h| h.interface.as_deref())
+        .unwrap_or("an uplink");
+    let out = iface(v);
+    let pod_sg = if branch {
+        "; the pod's security group is stateful and lets its own replies in, so look at what is stateless or routed"
+    } else {
+        ""
+    };
+    format!(
+        "{what} from {} left node {} via {via} and came back in at {entered} to {}, which answered; {back} left via {out} toward the client and never came back in within {w}: it was lost outside this node on the way back{pod_sg}; check the network ACLs of both subnets ({p} from port {port} to ports 1024-65535: NACLs are stateless), the route back to {ip} and the security group rules of the server's side",
+        client(v),
+        v.node,
+        server(v),
+        port = v.server.port,
+        ip = v.client.ip
+    )
+}
+
+/// The lost hint when the server node's tracer said where the query ended (for a server on
+/// this very node, this tracer's own account).
+fn peer_lost(v: &Verdict, peer: &PeerOut, via: &str, sg: &str, branch: bool) -> String {
     let p = proto(v).upper();
     let b = &peer.node;
     let at = |s: &Option<super::model::PeerSighting>| {
@@ -559,6 +614,17 @@ fn peer_lost(v: &Verdict, peer: &PeerOut, via: &str, sg: &str) -> String {
         v.node,
         server(v)
     );
+    if peer.node == v.node && peer.finding == PeerFinding::RequestLost {
+        let why = if branch {
+            " (a pod with its own security group reaches even a replica on its own node through the VPC)"
+        } else {
+            ""
+        };
+        return format!(
+            "{lead}, which runs on this same node, and never came back in (this tracer sees the replica's side too, and nothing arrived): the query was lost in the VPC on the way{why}; check that the {sg} allows {p} 53 out to {ip}, that the node security group allows {p} 53 in from it, the network ACLs for {p} 53, and the route to {ip}",
+            ip = v.server.ip
+        );
+    }
     match peer.finding {
         PeerFinding::RequestLost => format!(
             "{lead} and never arrived at node {b} (its tracer saw nothing come in): the query was lost on the way there; check that the {sg} allows {p} 53 out to {ip}, that node {b}'s security group allows {p} 53 in from it, the network ACLs of both subnets for {p} 53, and the route between them",

@@ -110,6 +110,7 @@ pub use model::{
 };
 
 pub(crate) use decide::NO_REPLY_DUE;
+pub(crate) use flow::is_exit;
 pub(crate) use model::ClientSide;
 
 /// Default [`Config::max_flows`].

@@ -589,4 +589,10 @@ pub(crate) struct HintFacts {
     pub reply_from: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// A dropped reply reached the client's side this long after the request, ms.
     pub reply_after_ms: Option<f64>,
+    /// The client is a pod of this node (not host network), yet the request was first seen
+    /// leaving toward the server, not entering at the pod's veth: the pod's veth is not traced,
+    /// or this is the server's side of a query that went out through the VPC and came back with
+    /// a new source port (a pod with its own security group asking a server on its own node).
+    /// Set by finalize, from the names.
+    pub client_pod_unseen: bool,
 }

@@ -619,6 +619,54 @@ cases! {
             &[("/hint", "via vlan.eth.1 (branch ENI, VLAN 1)"), ("/hint", "pod security group (on the branch ENI) allows UDP 53")],
         )],
     );
+    // Catalogue 3, replica on the same node: the query goes out of the branch ENI and back in
+    // through eth0 to the replica; the answer leaves through eth0 toward the pod's branch ENI
+    // and never comes back in. Lost beyond the node on the way back, not "reply never seen
+    // delivered".
+    c03_hairpin_reply_left_and_never_came_back => case(
+        evs(vec![
+            q(0.0, Hook::Ingress, sg_veth(), "198.18.1.40:41001", KUBE_DNS, 8),
+            q(0.05, Hook::Egress, vlan1(), "198.18.1.40:41001", LOCAL_DNS, 8),
+            q(0.07, Hook::Ingress, eth0(), "198.18.1.40:41001", LOCAL_DNS, 8),
+            r(0.3, Hook::Egress, eth0(), LOCAL_DNS, "198.18.1.40:41001", 8, "NOERROR"),
+        ]),
+        7000.0,
+        vec![exp(
+            &[
+                ("/verdict", json!("lost_beyond_node")),
+                ("/evidence", json!("complete")),
+                ("/where/stage", json!("uplink")),
+                ("/where/interface", json!("eth0")),
+                ("/where/direction", json!("response")),
+                ("/egress_interface/name", json!("vlan.eth.1")),
+                ("/dns/rcode", json!("NOERROR")),
+            ],
+            &[
+                ("/hint", "left node node-a via vlan.eth.1 (branch ENI, VLAN 1) and came back in at eth0 to CoreDNS replica 198.18.1.30, which answered; the answer left via eth0 toward the client and never came back in within 5 s"),
+                ("/hint", "the pod's security group is stateful"),
+                ("/hint", "network ACLs of both subnets (UDP from port 53 to ports 1024-65535"),
+            ],
+        )],
+    );
+    // The same for an egress SYN to a server on the same node: the SYN-ACK left via eth0.
+    c03_hairpin_synack_left_and_never_came_back => case(
+        evs(vec![
+            tcp(0.0, Hook::Ingress, sg_veth(), "198.18.1.40:41002", "198.18.1.50:8080", "SYN"),
+            tcp(0.05, Hook::Egress, vlan1(), "198.18.1.40:41002", "198.18.1.50:8080", "SYN"),
+            tcp(0.07, Hook::Ingress, eth0(), "198.18.1.40:41002", "198.18.1.50:8080", "SYN"),
+            tcp(0.2, Hook::Egress, eth0(), "198.18.1.50:8080", "198.18.1.40:41002", "SYN|ACK"),
+        ]),
+        7000.0,
+        vec![exp(
+            &[
+                ("/verdict", json!("lost_beyond_node")),
+                ("/kind", json!("egress")),
+                ("/where/interface", json!("eth0")),
+                ("/where/direction", json!("response")),
+            ],
+            &[("/hint", "The SYN from pod 198.18.1.40 left node node-a via vlan.eth.1 (branch ENI, VLAN 1) and came back in at eth0 to 198.18.1.50:8080, which answered; the SYN-ACK left via eth0 toward the client and never came back in")],
+        )],
+    );
     // Catalogue 4: NACL drops the return path: from node A, the query left and nothing came back.
     c04_lost_return_path => case(
         evs(remote_query(0.0, 40020, 77, None)),
@@ -2090,6 +2138,17 @@ fn examples() -> Vec<(&'static str, Verdict)> {
             "lost_beyond_node-branch-eni",
             pick(branch.steps.clone(), branch.end_ms, 0),
         ),
+        ("lost_beyond_node-same-node-reply-lost", {
+            let c = find("c03_hairpin_reply_left_and_never_came_back");
+            let mut v = pick(c.steps, c.end_ms, 0);
+            let wall = |t: u64| {
+                let us = (t - BASE) / 1000;
+                Some(format!("2026-11-24T02:10:00.{:06}Z", 123_456 + us))
+            };
+            v.peer = crate::peer::own_node_finding(&v, &wall);
+            v.hint = super::hint::render(&v);
+            v
+        }),
         (
             "lost_beyond_node-peer-request-lost",
             with_peer(
@@ -2682,4 +2741,104 @@ mod honesty {
             }
         }
     }
+}
+
+/// A pod with its own security group asks a replica on its own node: the query goes out of the
+/// branch ENI and must come back in through an uplink. This node watches both sides, so the
+/// verdict carries its own account (`peer` with this node's name): never came back in
+/// (request_lost), or came back, was answered and the answer left again (reply_lost). A replica
+/// on another node gets no such account (its node's tracer is asked instead).
+#[test]
+fn lost_toward_a_replica_on_this_node_says_which_way() {
+    let sg = "198.18.1.40:41003";
+    let request_lost = evs(vec![
+        q(0.0, Hook::Ingress, sg_veth(), sg, KUBE_DNS, 9),
+        q(0.05, Hook::Egress, vlan1(), sg, LOCAL_DNS, 9),
+    ]);
+    let mut reply_lost = request_lost.clone();
+    reply_lost.extend(evs(vec![
+        q(0.07, Hook::Ingress, eth0(), sg, LOCAL_DNS, 9),
+        r(0.3, Hook::Egress, eth0(), LOCAL_DNS, sg, 9, "NOERROR"),
+    ]));
+    let wall = |t: u64| Some(format!("mono {t}"));
+    let decide = |steps: &[Step], server_node: &str| {
+        let (mut vs, _) = run_steps(Config::new("node-a"), steps, 7000.0, false);
+        assert_eq!(vs.len(), 1, "{vs:#?}");
+        let mut v = vs.remove(0);
+        assert_eq!(v.verdict, VerdictKind::LostBeyondNode, "{v:#?}");
+        v.server.meta.node = Some(server_node.to_owned());
+        v.peer = crate::peer::own_node_finding(&v, &wall);
+        v.hint = super::hint::render(&v);
+        to_json(&v)
+    };
+
+    let v = decide(&request_lost, "node-a");
+    assert_eq!(v["peer"]["node"], "node-a", "{v:#}");
+    assert_eq!(v["peer"]["finding"], "request_lost", "{v:#}");
+    assert!(v["peer"]["reason"].is_null(), "{v:#}");
+    let hint = v["hint"].as_str().unwrap_or_default();
+    for want in [
+        "which runs on this same node, and never came back in",
+        "the query was lost in the VPC on the way",
+        "reaches even a replica on its own node through the VPC",
+        "pod security group (on the branch ENI) allows UDP 53 out to 198.18.1.30",
+    ] {
+        assert!(hint.contains(want), "{want:?} missing: {hint}");
+    }
+
+    let v = decide(&reply_lost, "node-a");
+    assert_eq!(v["peer"]["finding"], "reply_lost", "{v:#}");
+    assert_eq!(v["peer"]["arrived"]["interface"], "eth0", "{v:#}");
+    assert_eq!(v["peer"]["reply_left"]["interface"], "eth0", "{v:#}");
+    let left = BASE + 300_000;
+    assert_eq!(
+        v["peer"]["reply_left"]["time"],
+        format!("mono {left}"),
+        "{v:#}"
+    );
+    assert!(v["peer"]["to_replica"].is_null(), "{v:#}");
+    assert!(
+        v["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("never came back in") && h.contains("on the way back")),
+        "{v:#}"
+    );
+
+    // A replica on another node: no account from this node.
+    let v = decide(&request_lost, "node-b");
+    assert!(v["peer"].is_null(), "{v:#}");
+    assert!(
+        v["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("the query or its reply was lost outside this node")),
+        "{v:#}"
+    );
+}
+
+/// A query first seen at the replica's veth from a pod's address (the server's side of a query
+/// that came back through the VPC with a new source port, or an untraced pod veth): the answer
+/// is the replica's, and the hint does not claim delivery to a host-network client.
+#[test]
+fn answered_from_a_pod_first_seen_at_the_replica_says_only_the_server_side() {
+    let sg = "198.18.1.40:27317";
+    let steps = evs(vec![
+        q(0.0, Hook::Egress, dns_veth(), sg, LOCAL_DNS, 10),
+        r(0.1, Hook::Ingress, dns_veth(), LOCAL_DNS, sg, 10, "NOERROR"),
+    ]);
+    let (mut vs, _) = run_steps(Config::new("node-a"), &steps, 7000.0, false);
+    assert_eq!(vs.len(), 1, "{vs:#?}");
+    let mut v = vs.remove(0);
+    assert_eq!(v.verdict, VerdictKind::Answered);
+    assert!(
+        v.hint.contains("host-network client inferred"),
+        "{}",
+        v.hint
+    );
+    v.facts.client_pod_unseen = true;
+    let hint = super::hint::render(&v);
+    assert!(
+        hint.contains("only the server's side of this query was seen: it was first seen at eni9f8e7d6c5b4, not at the pod's veth"),
+        "{hint}"
+    );
+    assert!(!hint.contains("host-network"), "{hint}");
 }

@@ -245,6 +245,16 @@ fn rows_show_problems_with_their_hint_and_summaries_with_their_count() {
     with_peer["peer"] = json!({"node": OTHER_NODE, "finding": "unknown", "reason": "timeout"});
     let row = Layout::wide(false).row(&with_peer);
     assert!(row.contains("unknown (timeout)"), "{row}");
+    // A replica on this very node: this node's own account; a reply that left and never came
+    // back in is not "no reply".
+    with_peer["node"] = json!(NODE);
+    with_peer["peer"] = json!({"node": NODE, "finding": "reply_lost", "reason": null});
+    with_peer["where"]["direction"] = json!("response");
+    with_peer["hint"] = json!("The answer left via eth0 toward the client and never came back in.");
+    let row = Layout::wide(false).row(&with_peer);
+    assert!(row.contains("this node: reply_lost"), "{row}");
+    assert!(row.contains("reply left, never back"), "{row}");
+    assert!(!row.contains("no reply"), "{row}");
     // UDP egress with no reply where none was due (statsd): said so, not "[evidence incomplete]".
     let one_way = json!({
         "decided_at": "2026-11-24T02:10:07.000Z", "node": NODE, "kind": "egress", "transport": "udp",

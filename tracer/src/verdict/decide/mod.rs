@@ -14,8 +14,8 @@ pub use outcome::{attempt_is_final, attempt_summary, provisional};
 
 use super::flow::{Attempt, AttemptKind, Detail, Flow, Sighting};
 use super::model::{
-    Client, DnsOut, DropOut, EgressInterface, EgressOut, Evidence, FlowKind, HintFacts, PodMeta,
-    RejectBy, Rejection, SCHEMA, Server, Stage, Transport, Verdict, VerdictKind,
+    Client, Direction, DnsOut, DropOut, EgressInterface, EgressOut, Evidence, FlowKind, HintFacts,
+    PodMeta, RejectBy, Rejection, SCHEMA, Server, Stage, Transport, Verdict, VerdictKind,
 };
 use outcome::{Outcome, primary, sorted};
 use path::{egress_sighting, endpoints, flow_key, ms, path, stage_of};
@@ -122,6 +122,7 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
     if flow.kind == FlowKind::Egress
         && pa.proto == Transport::Udp
         && kind == VerdictKind::LostBeyondNode
+        && out.at.is_none_or(|s| s.dir == Direction::Request)
         && !UDP_REPLY_PORTS.contains(&server_addr.port())
         && !ctx.answered_lately(server_addr, Transport::Udp, &via_now, flow.last_ts)
     {
@@ -332,6 +333,8 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
         delivery_unobserved: out.unobserved,
         reply_from,
         reply_after_ms,
+        // Known only with names (finalize).
+        client_pod_unseen: false,
     };
 
     Verdict {

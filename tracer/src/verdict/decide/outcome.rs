@@ -134,6 +134,15 @@ fn attempt_outcome<'a>(flow: &Flow, a: &'a Attempt) -> Outcome<'a> {
         return Outcome::new(VerdictKind::Dropped, Some(s));
     }
     if let Some(s) = ss.iter().rev().find(|s| flow.is_reply(s)) {
+        // A reply leaving through an exit toward a pod of this node goes the way through the
+        // VPC (security groups for pods send traffic to a server on the same node out of the
+        // branch ENI and back in): it left, and never came back in to the client.
+        if flow.side() == ClientSide::Pod
+            && s.hook == Hook::Egress
+            && super::super::flow::is_exit(s.iface.kind)
+        {
+            return Outcome::new(VerdictKind::LostBeyondNode, Some(s));
+        }
         if flow.kind == FlowKind::Egress || flow.side() == ClientSide::Host {
             let mut o = Outcome::new(positive, Some(s));
             o.unobserved = true;
