@@ -8,6 +8,7 @@
 
 use std::{
     io::IsTerminal as _,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -15,6 +16,7 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use crate::{
+    apiserver::ApiServer,
     lab::{self, Failure, Pin},
     tracer::TracerProcess,
 };
@@ -245,6 +247,18 @@ fn print_verdict(style: &Style, v: &Value) {
             detail.push_str(&format!("  latency: {ms} ms"));
         }
     }
+    // Which way a query lost beyond the node died, as the server's node saw it.
+    if let Some(finding) = v["peer"]["finding"].as_str() {
+        let who = if v["peer"]["node"] == v["node"] {
+            "this node".to_owned()
+        } else {
+            format!("node {}", s(&v["peer"]["node"]))
+        };
+        match v["peer"]["reason"].as_str() {
+            Some(r) => detail.push_str(&format!("   {who}: {finding} ({r})")),
+            None => detail.push_str(&format!("   {who}: {finding}")),
+        }
+    }
     println!("   {}", style.paint("2", &detail));
     if let Some(path) = v["path"].as_array() {
         let hops: Vec<String> = path
@@ -267,36 +281,204 @@ fn print_verdict(style: &Style, v: &Value) {
     println!("   hint: {}", s(&v["hint"]));
 }
 
-/// Runs the demo. The lab is torn down at the end (or on error).
+/// Namespace of the tracer pods the demo's API server knows (peers are found there).
+const TRACER_NS: &str = "tracer-system";
+/// Port of the peer service in both lab nodes.
+const PEER_PORT: u16 = 9966;
+
+/// The verdicts one scenario printed.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    /// Catalogue row.
+    pub row: u8,
+    /// Scenario title.
+    pub title: &'static str,
+    /// Its verdicts, as the tracer in node A printed them.
+    pub verdicts: Vec<Value>,
+}
+
+/// The lab's API server and node B's tracer: names from a real kube-apiserver and cross-node
+/// verdicts. Fields drop in order: node B's tracer first, then the API server, then the TLS
+/// material.
+struct Cluster {
+    node_b: TracerProcess,
+    api: ApiServer,
+    tls: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.node_b.stop();
+        let _ = std::fs::remove_dir_all(&self.tls);
+    }
+}
+
+/// `tracer run` flags for the peer service of the tracer in lab node `node` at `ip`.
+fn peer_args(node: &str, ip: &str, kubeconfig: &str, tls: &str, socket: &str) -> Vec<String> {
+    [
+        "--kubeconfig",
+        kubeconfig,
+        "--node-name",
+        node,
+        "--peer-listen",
+        &format!("{ip}:{PEER_PORT}"),
+        "--peer-tls",
+        tls,
+        "--peer-namespace",
+        TRACER_NS,
+        "--socket",
+        socket,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Starts the lab's kube-apiserver (seeded with the lab's pods, Services and one tracer pod per
+/// node), makes the peer certificates and starts the tracer in node B.
+fn start_cluster(topo: &lab::Topology) -> Result<Cluster> {
+    crate::apiserver::apiserver_bin()?;
+    let api = ApiServer::start_with(crate::apiserver::lab_vpc_options())?;
+    api.seed_lab(topo)?;
+    api.seed_tracer_pods(
+        TRACER_NS,
+        &[
+            (lab::NODE_A_NAME, lab::NODE_A_IP),
+            (lab::NODE_B_NAME, lab::NODE_B_IP),
+        ],
+    )?;
+    let tls = std::env::temp_dir().join(format!("tracer-demo-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tls);
+    let out = std::process::Command::new(crate::tracer::tracer_bin())
+        .args(["certs", "--out"])
+        .arg(&tls)
+        .output()
+        .context("running tracer certs")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tracer certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kubeconfig = api.tracer_kubeconfig().to_string_lossy().into_owned();
+    let args = peer_args(
+        lab::NODE_B_NAME,
+        &lab::NODE_B_IP.to_string(),
+        &kubeconfig,
+        &tls.to_string_lossy(),
+        "/run/tracer-demo-node-b.sock",
+    );
+    let mut argv: Vec<&str> = vec!["--window", "2s", "--answered", "off"];
+    argv.extend(args.iter().map(String::as_str));
+    let node_b =
+        TracerProcess::start(lab::NS_NODE_B, &argv).context("starting the tracer in node B")?;
+    Ok(Cluster { node_b, api, tls })
+}
+
+/// Waits until node A's tracer names a replica on node B (its watches have synced): a few
+/// queries, not shown.
+fn until_named(tracer: &TracerProcess, topo: &lab::Topology) -> Result<()> {
+    let client = topo.pod("default", "client").context("client pod")?;
+    lab::pin(Pin::B)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let from = tracer.line_count();
+        lab::exec_in(
+            &client.netns,
+            &[
+                "dig",
+                "+time=1",
+                "+tries=1",
+                "@198.19.0.10",
+                "whoami.lab.tracer",
+                "TXT",
+            ],
+        )?;
+        if tracer
+            .wait_for_from(from, Duration::from_secs(5), |v| {
+                v["schema"] == "tracer.flow/v1"
+                    && v["enrichment"] == "ready"
+                    && v["server"]["node"] == lab::NODE_B_NAME
+            })
+            .is_some()
+        {
+            return Ok(());
+        }
+    }
+    anyhow::bail!(
+        "node A's tracer did not learn the cluster's names within 30 s:\n{}",
+        tracer.stderr()
+    )
+}
+
+/// Runs the demo and prints it. The lab is torn down at the end (or on error).
 pub fn run() -> Result<()> {
+    run_shown().map(drop)
+}
+
+/// Runs the demo, prints it and returns what each scenario showed. With the lab's
+/// kube-apiserver available (scripts/build-kube-apiserver.sh) names come from it and a second
+/// tracer in node B answers node A's cross-node questions; without it, names come from the
+/// lab's topology file and rows 2 and 4 cannot say which way the query died.
+pub fn run_shown() -> Result<Vec<Shown>> {
     let style = Style {
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
     println!("Building the lab (simulated EKS node A, VPC, node B, internet)…");
     let guard = lab::LabGuard::up().context("bringing the lab up")?;
     let topo = guard.topology().clone();
-    // Names come from the lab's topology file (a cluster would use the API server).
-    let topology_file = lab::topology_path();
-    let topology_file = topology_file.to_string_lossy();
-    let mut tracer = TracerProcess::start(
-        lab::NS_NODE_A,
-        &[
-            "--window",
-            "2s",
-            "--answered",
-            "flows",
-            "--node-name",
+    let cluster = match start_cluster(&topo) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            println!(
+                "(no cluster: {e:#}; names come from the lab's topology file and node B runs no tracer, so rows 2 and 4 cannot say which way a query died)"
+            );
+            None
+        }
+    };
+    // Names come from the lab's API server, or its topology file.
+    let topology_file = lab::topology_path().to_string_lossy().into_owned();
+    let mut args: Vec<String> = ["--window", "2s", "--answered", "flows"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    match &cluster {
+        Some(c) => args.extend(peer_args(
             lab::NODE_A_NAME,
-            "--lab-metadata",
-            &topology_file,
-        ],
-    )
-    .context("starting the tracer in node A")?;
-    println!(
-        "tracer running in {} (verdict window 2 s)\n",
-        lab::NS_NODE_A
-    );
-    let mut seen = 0usize;
+            &lab::NODE_A_IP.to_string(),
+            &c.api.tracer_kubeconfig().to_string_lossy(),
+            &c.tls.to_string_lossy(),
+            "/run/tracer.sock",
+        )),
+        None => args.extend(
+            [
+                "--node-name",
+                lab::NODE_A_NAME,
+                "--lab-metadata",
+                &topology_file,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned()),
+        ),
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut tracer =
+        TracerProcess::start(lab::NS_NODE_A, &argv).context("starting the tracer in node A")?;
+    match &cluster {
+        Some(_) => {
+            until_named(&tracer, &topo)?;
+            println!(
+                "tracer running in {} and {} (verdict window 2 s; names from the lab's kube-apiserver; node B answers node A's cross-node questions)\n",
+                lab::NS_NODE_A,
+                lab::NS_NODE_B
+            );
+        }
+        None => println!(
+            "tracer running in {} (verdict window 2 s)\n",
+            lab::NS_NODE_A
+        ),
+    }
+    let mut seen = verdicts(&tracer).len();
+    let mut shown = Vec::new();
     for sc in scenarios() {
         println!(
             "{}",
@@ -325,26 +507,35 @@ pub fn run() -> Result<()> {
                 }
             }
         }
-        // Wait for this scenario's verdicts: one per action, within the window plus slack.
-        let deadline = Instant::now() + Duration::from_secs(6);
+        // Wait for this scenario's verdicts: one per action, within the window plus slack (and
+        // the peer's answer, at most 1 s).
+        let deadline = Instant::now() + Duration::from_secs(7);
         let want = seen + sc.actions.len();
         while verdicts(&tracer).len() < want && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
         let all = verdicts(&tracer);
-        for v in all.iter().skip(seen) {
+        let mine: Vec<Value> = all.iter().skip(seen).cloned().collect();
+        for v in &mine {
             print_verdict(&style, v);
         }
         seen = all.len();
         for f in sc.failures {
             lab::set_failure(*f, false)?;
         }
+        shown.push(Shown {
+            row: sc.row,
+            title: sc.title,
+            verdicts: mine,
+        });
         println!();
     }
     tracer.stop()?;
-    println!("{} verdicts. Tearing the lab down.", seen);
+    let n: usize = shown.iter().map(|s| s.verdicts.len()).sum();
+    println!("{n} verdicts. Tearing the lab down.");
+    drop(cluster);
     drop(guard);
-    Ok(())
+    Ok(shown)
 }
 
 fn verdicts(tracer: &TracerProcess) -> Vec<Value> {
