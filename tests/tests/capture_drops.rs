@@ -95,10 +95,12 @@ fn closed_port_at_local_replica_row6() {
         coredns_a.ip.to_string(),
         "dropped at the replica, after DNAT"
     );
+    // Dropped inside the replica pod's namespace: its device is named like `ip link` names a
+    // veth's end, after the host side of the pod's veth.
     assert!(
-        d["iface"]["name"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("netns")),
+        d["iface"]["name"].as_str().is_some_and(
+            |n| n.starts_with("if") && n.ends_with(&format!("@{}", coredns_a.host_veth))
+        ),
         "dropped inside the replica pod's namespace: {d}"
     );
     let icmp = tracer

@@ -416,6 +416,13 @@ impl AttachManager {
         self.pod_peer_nsid.values().copied()
     }
 
+    /// Pod veths (host side, by name) with the netns id of their peer.
+    pub fn pod_peers(&self) -> impl Iterator<Item = (String, i32)> + '_ {
+        self.pod_peer_nsid
+            .iter()
+            .map(|(ifindex, nsid)| (self.table.lookup(*ifindex).name, *nsid))
+    }
+
     /// Attach counters.
     pub fn stats(&self) -> AttachStats {
         self.stats

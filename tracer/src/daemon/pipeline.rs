@@ -267,6 +267,22 @@ impl Pipeline {
             self.user.drops_other_node += 1;
             return;
         }
+        // A drop inside a pod: its device is named after the pod's veth, not the namespace.
+        let named;
+        let ev = match ev.drop.as_ref().filter(|d| d.netns != self.own_netns) {
+            Some(d) if ev.hook == Hook::Drop => {
+                match scope.pod_iface_name(d.netns, ev.iface.ifindex) {
+                    Some(name) => {
+                        let mut e = ev.clone();
+                        e.iface.name = name;
+                        named = e;
+                        &named
+                    }
+                    None => ev,
+                }
+            }
+            _ => ev,
+        };
         if let Some(d) = &ev.drop
             && (d.reason == "TC_INGRESS" || d.reason == "TC_EGRESS")
             && self.tc_drop_ifaces.len() < 1024

@@ -19,6 +19,8 @@ pub struct Scope {
     resolved: HashMap<i32, u32>,
     /// What the kernel map holds.
     in_kernel: HashSet<u32>,
+    /// Pod namespace inode → the host side of its veth (to name a drop inside the pod).
+    veth_of: HashMap<u32, String>,
 }
 
 impl Scope {
@@ -29,7 +31,16 @@ impl Scope {
             pods: HashSet::new(),
             resolved: HashMap::new(),
             in_kernel: HashSet::new(),
+            veth_of: HashMap::new(),
         }
+    }
+
+    /// The name of device `ifindex` in pod namespace `netns` as `ip link` shows a veth's end:
+    /// `if<ifindex>@<host side of the pod's veth>`. `None` for a namespace that is no pod's.
+    pub fn pod_iface_name(&self, netns: u32, ifindex: u32) -> Option<String> {
+        self.veth_of
+            .get(&netns)
+            .map(|veth| crate::decode::pod_device_name(ifindex, veth))
     }
 
     /// True for a namespace of this node (0: unknown, counted as this node's).
@@ -57,6 +68,10 @@ impl Scope {
         }
         self.resolved.retain(|id, _| wanted.contains(id));
         self.pods = self.resolved.values().copied().collect();
+        self.veth_of = mgr
+            .pod_peers()
+            .filter_map(|(veth, nsid)| self.resolved.get(&nsid).map(|ino| (*ino, veth)))
+            .collect();
         self.sync(map);
         tracing::debug!(
             pods = self.pods.len(),

@@ -114,6 +114,24 @@ pub fn wire_addr(ip: IpAddr) -> [u8; 16] {
     }
 }
 
+/// Name of device `ifindex` inside a pod's namespace, as `ip link` names a veth's end: after
+/// the host side of the pod's veth (`if2@eni54dcd3d4f3b`).
+pub fn pod_device_name(ifindex: u32, host_veth: &str) -> String {
+    format!("if{ifindex}@{host_veth}")
+}
+
+/// Whether a device name is one of another namespace's devices: `netns<inode>:if<n>` (see
+/// [`decode`]) or a pod's ([`pod_device_name`]).
+pub fn is_other_netns_device(name: &str) -> bool {
+    name.starts_with("netns")
+        || name
+            .strip_prefix("if")
+            .and_then(|rest| rest.split_once('@'))
+            .is_some_and(|(n, veth)| {
+                !n.is_empty() && !veth.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            })
+}
+
 /// The interface of a sighting: a device of another namespace (a pod's, seen by the drop
 /// program) is named by namespace and index, since its index means nothing here.
 fn iface_of(ifaces: &IfaceTable, ifindex: u32, drop_netns: Option<u32>, own_netns: u32) -> Iface {
@@ -312,6 +330,13 @@ mod tests {
         r.location = 0xffff_ffff_8100_0000;
         let ev = decode(&r, &IfaceTable::default(), 1, &NoSymbols).expect("decodes");
         assert_eq!(ev.iface.name, "netns4026532999:if7");
+        assert!(is_other_netns_device(&ev.iface.name));
+        let pod = pod_device_name(2, "eni54dcd3d4f3b");
+        assert_eq!(pod, "if2@eni54dcd3d4f3b");
+        assert!(is_other_netns_device(&pod));
+        for host in ["eth0", "eni54dcd3d4f3b", "ifb0", "if@x", "ifx@eth0", "if2@"] {
+            assert!(!is_other_netns_device(host), "{host}");
+        }
         let d = ev.drop.expect("drop facts");
         assert_eq!(d.reason, "UNKNOWN(77777)");
         assert_eq!(d.location, "0xffffffff81000000");

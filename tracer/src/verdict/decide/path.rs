@@ -40,7 +40,7 @@ pub(super) fn stage_of(s: &Sighting) -> Stage {
             } else {
                 Stage::ClientSocket
             }
-        } else if s.iface.name.starts_with("netns") {
+        } else if crate::decode::is_other_netns_device(&s.iface.name) {
             if request {
                 Stage::ServerPod
             } else {
