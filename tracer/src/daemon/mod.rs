@@ -15,6 +15,7 @@ pub mod peering;
 pub mod pipeline;
 pub mod preflight;
 pub mod scope;
+pub mod signal_log;
 pub mod tables;
 
 use std::time::Duration;
@@ -64,8 +65,11 @@ const GRACE: Duration = Duration::from_millis(300);
 /// An answer this long after its query is handed over whole (slow answers are interesting, and
 /// this is what lets a client's retry be linked to it).
 const SLOW_ANSWER: Duration = Duration::from_millis(500);
-/// How often the metrics read the kernel, userspace and attach counters and the node signals.
+/// How often the metrics read the kernel, userspace and attach counters.
 const METRICS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the node signals (conntrack statistics, ENA allowance counters) are read: often
+/// enough to tie a growth to the flows open at the time.
+const SIGNALS_INTERVAL: Duration = Duration::from_secs(1);
 
 fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -266,6 +270,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     reconcile_tick.tick().await;
     let mut node_signals = signals::all();
+    let mut signals_tick = tokio::time::interval(SIGNALS_INTERVAL);
+    signals_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let summary_ns = ns(args.summary_interval);
     let mut ticks: u32 = 0;
 
@@ -337,10 +343,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 p.flush();
             }
             _ = stats_tick.tick() => log_counters(&capture, &mgr, &p, &kt),
-            _ = metrics_tick.tick() => {
-                update_metrics(&metrics, &capture, &mgr, &p);
+            _ = metrics_tick.tick() => update_metrics(&metrics, &capture, &mgr, &p),
+            _ = signals_tick.tick() => {
+                let now = mono_ns();
                 for s in &mut node_signals {
-                    metrics.set_signal_readings(&s.sample(mgr.table()));
+                    let readings = s.sample(mgr.table());
+                    p.signals.observe(&readings, now);
+                    metrics.set_signal_readings(&readings);
                 }
             }
             _ = sigint.recv() => break Ok(()),

@@ -27,7 +27,7 @@ use tracer_common::{FLOW_TABLE_ENTRIES, FlowKey, FlowStats};
 /// IP protocol number of UDP.
 const IPPROTO_UDP: u8 = 17;
 
-use super::{clock::Clock, scope::Scope, tables::Swept};
+use super::{clock::Clock, scope::Scope, signal_log::SignalLog, tables::Swept};
 
 /// Userspace-side counts of what was decoded, skipped and written.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -151,6 +151,8 @@ pub struct Pipeline {
     pub peer_facts: Option<FactsLedger>,
     /// The flow window (peers are told how long a query could be on its way).
     pub window: std::time::Duration,
+    /// When the node's loss counters grew (tied to verdicts by time).
+    pub signals: SignalLog,
 }
 
 impl Pipeline {
@@ -180,6 +182,7 @@ impl Pipeline {
             parking: None,
             peer_facts: None,
             window: std::time::Duration::from_secs(5),
+            signals: SignalLog::default(),
         }
     }
 
@@ -327,6 +330,10 @@ impl Pipeline {
                 self.correlator
                     .recount(VerdictKind::LostBeyondNode, VerdictKind::Unknown);
             }
+            v.node_signals = self.signals.bearing_on(
+                &v,
+                u64::try_from(self.window.as_nanos()).unwrap_or(u64::MAX),
+            );
             let clock = &self.clock;
             let facts = Facts {
                 meta: &self.meta,

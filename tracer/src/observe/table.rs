@@ -717,6 +717,19 @@ fn verdict_cells(v: &Value) -> Cells {
             None => reason.push(format!("{who}: {finding}")),
         }
     }
+    // Node counters that grew meanwhile: `eth0 linklocal_allowance_exceeded +37`.
+    if let Some(signals) = field(v, "node_signals").and_then(Value::as_array) {
+        for sig in signals.iter().take(4) {
+            let Some(counter) = sig.get("counter").and_then(Value::as_str) else {
+                continue;
+            };
+            let delta = sig.get("delta").and_then(Value::as_u64).unwrap_or(0);
+            match sig.get("interface").and_then(Value::as_str) {
+                Some(i) => reason.push(format!("{i} {counter} +{delta}")),
+                None => reason.push(format!("conntrack {counter} +{delta}")),
+            }
+        }
+    }
     if let Some(r) = text(v, "drop.reason") {
         match text(v, "drop.location") {
             Some(loc) => reason.push(format!("{r} at {loc}")),

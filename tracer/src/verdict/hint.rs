@@ -716,6 +716,45 @@ fn unknown(v: &Verdict) -> String {
     )
 }
 
+/// What the node's loss counters said while the flow was open, as a clause ("" when none).
+fn node_signals(v: &Verdict) -> String {
+    let parts: Vec<String> = v
+        .node_signals
+        .iter()
+        .map(|s| {
+            let n = s.delta;
+            let eni = format!("the ENA of {}", s.interface.as_deref().unwrap_or("an ENI"));
+            match (s.signal, s.counter.as_str()) {
+                ("ena", "linklocal_allowance_exceeded") => format!(
+                    "{eni} dropped {n} packets over its link-local allowance (1024 pps per ENI to the VPC resolver, instance metadata and the time service): beyond that rate the hypervisor drops DNS to the VPC resolver whatever the security groups and NACLs say; cache on the node (NodeLocal DNSCache) or spread the queries over more nodes"
+                ),
+                ("ena", "pps_allowance_exceeded") => format!(
+                    "{eni} dropped {n} packets over the instance's packets-per-second allowance (a limit of the instance type)"
+                ),
+                ("ena", "conntrack_allowance_exceeded") => format!(
+                    "{eni} dropped {n} packets over its connection-tracking allowance (the hypervisor's flow table, not Linux conntrack: too many tracked flows for the instance type)"
+                ),
+                ("ena", c) if c.starts_with("bw_") => {
+                    format!("{eni} dropped {n} packets over the instance's bandwidth allowance ({c})")
+                }
+                ("ena", c) => format!("{eni} counted {n} more {c}"),
+                ("conntrack", "insert_failed") => format!(
+                    "conntrack counted {n} failed inserts: parallel A and AAAA queries from one socket can lose the conntrack insert race and the loser is dropped (the 5 s DNS timeout); `options single-request-reopen` in the pod's resolv.conf, or NodeLocal DNSCache, avoids it"
+                ),
+                ("conntrack", "drop") => format!(
+                    "conntrack dropped {n} packets for want of room (`conntrack -S`; raise nf_conntrack_max)"
+                ),
+                (sig, c) => format!("{sig} counted {n} more {c}"),
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("; at that time {}", parts.join("; and "))
+    }
+}
+
 /// Renders the hint of `v`.
 pub fn render(v: &Verdict) -> String {
     let s = match v.verdict {
@@ -728,6 +767,10 @@ pub fn render(v: &Verdict) -> String {
         VerdictKind::Unknown => unknown(v),
     };
     let mut out = s;
+    let signals = node_signals(v);
+    if !signals.is_empty() {
+        out = format!("{}{signals}", out.trim_end_matches('.'));
+    }
     if let Some(pod) = &v.client.veth_pod {
         out = format!(
             "{}; the source address {} is not pod {pod}'s, whose veth it entered through (a spoofed source or a misconfigured pod): not attributed to any pod",

@@ -104,9 +104,9 @@ pub use flow::{MAX_ATTEMPTS, MAX_DETAILED_ATTEMPTS, MAX_SIGHTINGS_PER_ATTEMPT};
     reason = "the module's public API; which parts the binary uses grows as stages are wired"
 )]
 pub use model::{
-    Client, Direction, DnsOut, DropOut, EgressInterface, EgressOut, Evidence, FlowKind, PathEntry,
-    PeerDrop, PeerFinding, PeerOut, PeerReason, PeerSighting, PodMeta, RejectBy, Rejection, SCHEMA,
-    Server, Stage, Transport, Verdict, VerdictKind, Where,
+    Client, Direction, DnsOut, DropOut, EgressInterface, EgressOut, Evidence, FlowKind, NodeSignal,
+    PathEntry, PeerDrop, PeerFinding, PeerOut, PeerReason, PeerSighting, PodMeta, RejectBy,
+    Rejection, SCHEMA, Server, Stage, Transport, Verdict, VerdictKind, Where,
 };
 
 pub(crate) use decide::NO_REPLY_DUE;

@@ -486,6 +486,22 @@ pub struct PeerOut {
     pub drop_: Option<PeerDrop>,
 }
 
+/// A node counter that grew while a flow was open ([`Verdict::node_signals`]): sampled about
+/// once a second, so it says "at that time", not "this packet".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeSignal {
+    /// `ena` (an ENI's allowance counters, as `ethtool -S` shows them) or `conntrack` (the
+    /// node's conntrack statistics, as `conntrack -S` shows them).
+    pub signal: &'static str,
+    /// The ENI's interface (`ena`); null for node-wide counters.
+    pub interface: Option<String>,
+    /// The counter as the driver or kernel names it (`linklocal_allowance_exceeded`,
+    /// `insert_failed`, ...).
+    pub counter: String,
+    /// How much it grew in the samples that overlap the flow.
+    pub delta: u64,
+}
+
 /// One flow's verdict.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Verdict {
@@ -543,6 +559,10 @@ pub struct Verdict {
     /// For `lost_beyond_node` toward a server on another node: what that node's tracer found
     /// (null when not asked).
     pub peer: Option<PeerOut>,
+    /// Node counters that mean packets were lost and that grew while the flow was open (the
+    /// ENA allowance counters of the node's ENIs for `lost_beyond_node`, the conntrack
+    /// statistics for drops by netfilter). Empty when none did.
+    pub node_signals: Vec<NodeSignal>,
     /// One sentence: the likely cause and where to look.
     pub hint: String,
     /// Facts behind the hint that are not in the JSON.

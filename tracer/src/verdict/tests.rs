@@ -2842,3 +2842,125 @@ fn answered_from_a_pod_first_seen_at_the_replica_says_only_the_server_side() {
     );
     assert!(!hint.contains("host-network"), "{hint}");
 }
+
+/// The node's loss counters are tied to verdicts by time: an ENA allowance counter that grew
+/// while a query lost beyond the node was open names the hypervisor's drop (not the security
+/// groups); conntrack's insert_failed that grew while netfilter dropped a query names the
+/// insert race. Growth outside the flow's life, a counter that went down, a counter that is
+/// no loss (clashres), and verdicts these counters say nothing about get nothing. The
+/// readings are made up here: a veth has no ENA counters and the conntrack race cannot be
+/// provoked at will, so no lab test can make them grow.
+#[test]
+fn node_counters_that_grew_while_the_flow_was_open_are_in_its_verdict() {
+    use crate::capture::signals::Reading;
+    use crate::daemon::signal_log::SignalLog;
+
+    let reading = |signal: &'static str, iface: Option<&str>, counter: &str, value: u64| Reading {
+        signal,
+        interface: iface.map(str::to_owned),
+        counter: counter.to_owned(),
+        value,
+    };
+    let at = |ms: i64| BASE.saturating_add_signed(ms * 1_000_000);
+    let sample = |ll: u64, pps: u64, insert_failed: u64, clashres: u64| {
+        vec![
+            reading("ena", Some("eth0"), "linklocal_allowance_exceeded", ll),
+            reading("ena", Some("eth1"), "pps_allowance_exceeded", pps),
+            reading("conntrack", None, "insert_failed", insert_failed),
+            reading("conntrack", None, "clashres", clashres),
+        ]
+    };
+    let window_ns = 5_000_000_000;
+    let mut log = SignalLog::default();
+    log.observe(&sample(100, 7, 5, 1), at(-3000));
+    // Grew before the flow started: not the flow's.
+    log.observe(&sample(150, 7, 5, 1), at(-2000));
+    log.observe(&sample(150, 7, 5, 1), at(-1000));
+    // Grew during the flow (the sample interval overlaps it), twice for linklocal.
+    log.observe(&sample(170, 9, 9, 4), at(500));
+    log.observe(&sample(187, 9, 9, 4), at(1500));
+    // Went down (driver reloaded): no growth, and no underflow.
+    log.observe(&sample(3, 2, 1, 0), at(2500));
+    // Across a minute without samples (a stalled daemon): when it grew is not known, so it is
+    // no one's.
+    log.observe(&sample(50, 2, 1, 0), at(60_000));
+    // Grew after the window: not the flow's.
+    log.observe(&sample(60, 3, 2, 0), at(61_000));
+
+    let (lost, _) = run_steps(
+        Config::new("node-a"),
+        &evs(remote_query(0.0, 40300, 300, None)),
+        7000.0,
+        false,
+    );
+    let mut v = lost.into_iter().next().expect("a verdict");
+    assert_eq!(v.verdict, VerdictKind::LostBeyondNode);
+    v.node_signals = log.bearing_on(&v, window_ns);
+    let ena: Vec<(Option<&str>, &str, u64)> = v
+        .node_signals
+        .iter()
+        .map(|s| (s.interface.as_deref(), s.counter.as_str(), s.delta))
+        .collect();
+    assert_eq!(
+        ena,
+        [
+            (Some("eth0"), "linklocal_allowance_exceeded", 37),
+            (Some("eth1"), "pps_allowance_exceeded", 2)
+        ],
+        "ENA growth during the flow only, summed; conntrack says nothing about a lost query"
+    );
+    let j = to_json(&v);
+    assert_eq!(j["node_signals"][0]["signal"], "ena", "{j:#}");
+    let hint = super::hint::render(&v);
+    assert!(
+        hint.contains("at that time the ENA of eth0 dropped 37 packets over its link-local allowance (1024 pps per ENI to the VPC resolver")
+            && hint.contains("the ENA of eth1 dropped 2 packets over the instance's packets-per-second allowance"),
+        "{hint}"
+    );
+
+    let (dropped, _) = run_steps(
+        Config::new("node-a"),
+        &evs(vec![
+            q(0.0, Hook::Ingress, client_veth(), &c(40301), KUBE_DNS, 301),
+            drop_ev(
+                0.02,
+                client_veth(),
+                Proto::Udp,
+                &c(40301),
+                LOCAL_DNS,
+                "NETFILTER_DROP",
+                "nf_hook_slow+0x9c",
+            )
+            .query(301, QN, "A"),
+        ]),
+        5100.0,
+        false,
+    );
+    let mut d = dropped.into_iter().next().expect("a verdict");
+    assert_eq!(d.verdict, VerdictKind::Dropped);
+    d.node_signals = log.bearing_on(&d, window_ns);
+    assert_eq!(d.node_signals.len(), 1, "{:?}", d.node_signals);
+    assert_eq!(d.node_signals[0].signal, "conntrack");
+    assert_eq!(d.node_signals[0].counter, "insert_failed");
+    assert_eq!(d.node_signals[0].delta, 4);
+    let hint = super::hint::render(&d);
+    assert!(
+        hint.contains("at that time conntrack counted 4 failed inserts")
+            && hint.contains("insert race"),
+        "{hint}"
+    );
+    to_json(&d);
+
+    // An answer: nothing to say.
+    let (ok, _) = run_steps(
+        Config::new("node-a"),
+        &evs(remote_query(0.0, 40302, 302, Some("NOERROR"))),
+        7000.0,
+        false,
+    );
+    let a = ok.into_iter().next().expect("a verdict");
+    assert!(log.bearing_on(&a, window_ns).is_empty());
+    // Nothing grew: nothing said, and the hint is as before.
+    let quiet = SignalLog::default();
+    assert!(quiet.bearing_on(&v, window_ns).is_empty());
+}

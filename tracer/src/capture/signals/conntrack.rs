@@ -68,6 +68,7 @@ pub fn read_conntrack() -> Vec<(&'static str, u64)> {
 #[derive(Default)]
 pub struct ConntrackWatch {
     last: Option<(u64, u64)>,
+    unwarned: (super::Unwarned, super::Unwarned),
 }
 
 impl ConntrackWatch {
@@ -87,10 +88,15 @@ impl ConntrackWatch {
             )),
             _ => None,
         };
-        if let Some((insert_failed, drop)) = grew {
+        let now_t = std::time::Instant::now();
+        let told =
+            grew.map(|(i, d)| (self.unwarned.0.add(i, now_t), self.unwarned.1.add(d, now_t)));
+        if let Some((i, d)) = told
+            && (i.is_some() || d.is_some())
+        {
             tracing::warn!(
-                insert_failed,
-                drop,
+                insert_failed = i.unwrap_or(0),
+                drop = d.unwrap_or(0),
                 "conntrack insert failures on this node: parallel A/AAAA queries from one socket \
                  race in conntrack and one is dropped (5 s DNS timeouts); `single-request-reopen` \
                  or NodeLocal DNSCache avoid it"

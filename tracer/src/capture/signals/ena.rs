@@ -341,6 +341,7 @@ pub fn allowance_exceeded(ifname: &str) -> Vec<(String, u64)> {
 #[derive(Default)]
 pub struct EnaWatch {
     last: std::collections::HashMap<(String, String), u64>,
+    unwarned: std::collections::HashMap<(String, String), super::Unwarned>,
 }
 
 impl EnaWatch {
@@ -360,11 +361,17 @@ impl super::Signal for EnaWatch {
                 let key = (iface.name.clone(), counter.clone());
                 if let Some(before) = self.last.get(&key)
                     && value > *before
+                    && (self.unwarned.len() < Self::MAX || self.unwarned.contains_key(&key))
+                    && let Some(dropped) = self
+                        .unwarned
+                        .entry(key.clone())
+                        .or_default()
+                        .add(value - before, std::time::Instant::now())
                 {
                     tracing::warn!(
                         interface = %key.0,
                         counter = %key.1,
-                        dropped = value - before,
+                        dropped,
                         "ENA allowance exceeded: the hypervisor dropped packets on this ENI \
                          (linklocal: over 1024 pps to the VPC resolver/IMDS; use NodeLocal DNSCache)"
                     );

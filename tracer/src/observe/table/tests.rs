@@ -253,6 +253,19 @@ fn rows_show_problems_with_their_hint_and_summaries_with_their_count() {
     with_peer["hint"] = json!("The answer left via eth0 toward the client and never came back in.");
     let row = Layout::wide(false).row(&with_peer);
     assert!(row.contains("this node: reply_lost"), "{row}");
+    // Node counters that grew meanwhile are in the reason; odd values do not break the row.
+    with_peer["node_signals"] = json!([
+        {"signal": "ena", "interface": "eth0", "counter": "linklocal_allowance_exceeded", "delta": 37},
+        {"signal": "conntrack", "interface": null, "counter": "insert_failed", "delta": 4},
+        {"signal": 7, "counter": null},
+    ]);
+    let row = Layout::wide(false).row(&with_peer);
+    assert!(
+        row.contains("eth0 linklocal_allowance_exceeded +37")
+            && row.contains("conntrack insert_failed +4")
+            && !row.contains("+0"),
+        "{row}"
+    );
     assert!(row.contains("reply left, never back"), "{row}");
     assert!(!row.contains("no reply"), "{row}");
     // UDP egress with no reply where none was due (statsd): said so, not "[evidence incomplete]".

@@ -377,6 +377,7 @@ pub fn build(flow: &Flow, closing: Closing, ctx: &Ctx<'_>) -> Verdict {
         egress_interface,
         enrichment: None,
         peer: None,
+        node_signals: Vec::new(),
         hint: String::new(),
         facts,
     }
