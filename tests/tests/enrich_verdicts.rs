@@ -56,18 +56,10 @@ fn until_enrichment(
     }
 }
 
-#[test]
-fn verdicts_carry_names_and_survive_an_api_outage() {
-    if !privileged() || !apiserver_available() {
-        return;
-    }
-    let guard = lab::LabGuard::up().expect("lab up");
-    let topo = guard.topology().clone();
-    let mut api = ApiServer::start_with(apiserver::lab_vpc_options())
-        .expect("API server in the VPC namespace");
-    api.seed_lab(&topo).expect("seeding the lab's objects");
+/// The tracer in node A, watching `api` (window 2 s, every answer on its own line).
+fn start_tracer(api: &ApiServer) -> TracerProcess {
     let kubeconfig = api.tracer_kubeconfig().to_string_lossy().into_owned();
-    let tracer = TracerProcess::start(
+    TracerProcess::start(
         lab::NS_NODE_A,
         &[
             "--window",
@@ -80,7 +72,20 @@ fn verdicts_carry_names_and_survive_an_api_outage() {
             lab::NODE_A_NAME,
         ],
     )
-    .expect("tracer");
+    .expect("tracer")
+}
+
+#[test]
+fn verdicts_carry_names_and_survive_an_api_outage() {
+    if !privileged() || !apiserver_available() {
+        return;
+    }
+    let guard = lab::LabGuard::up().expect("lab up");
+    let topo = guard.topology().clone();
+    let mut api = ApiServer::start_with(apiserver::lab_vpc_options())
+        .expect("API server in the VPC namespace");
+    api.seed_lab(&topo).expect("seeding the lab's objects");
+    let tracer = start_tracer(&api);
     let client = topo.pod("default", "client").expect("client").clone();
     let sg = topo.pod("default", "sg-client").expect("sg-client").clone();
     let ip = client.ip.to_string();
@@ -156,6 +161,70 @@ fn verdicts_carry_names_and_survive_an_api_outage() {
         Duration::from_secs(30),
     );
     assert_eq!(v["client"]["pod"], "client");
+    drop(tracer);
+    drop(api);
+}
+
+/// The field report "Fargate pods behind a security group": the CoreDNS replica on node B is
+/// seeded in the real API server as an AWS Fargate pod (its own node `fargate-ip-…`, as EKS
+/// names them; the lab's packets still go to node B's namespace). No tracer runs on Fargate,
+/// so a query lost toward it says so and names the Fargate pod's security group, not "its
+/// tracer could not say".
+#[test]
+fn lost_toward_a_replica_on_fargate_names_its_security_group() {
+    if !privileged() || !apiserver_available() {
+        return;
+    }
+    const FARGATE_NODE: &str = "fargate-ip-198-18-2-30.lab.internal";
+    let guard = lab::LabGuard::up().expect("lab up");
+    let mut topo = guard.topology().clone();
+    let replica = topo
+        .pods
+        .iter_mut()
+        .find(|p| p.name == "coredns-b")
+        .expect("coredns-b in the topology");
+    replica.node = FARGATE_NODE.to_owned();
+    let replica_ip = replica.ip;
+    let mut node = topo
+        .nodes
+        .iter()
+        .find(|n| n.name == lab::NODE_B_NAME)
+        .expect("node B")
+        .clone();
+    node.name = FARGATE_NODE.to_owned();
+    node.primary_ip = replica_ip;
+    node.interfaces.clear();
+    topo.nodes.push(node);
+    let api = ApiServer::start_with(apiserver::lab_vpc_options()).expect("API server");
+    api.seed_lab(&topo)
+        .expect("seeding the lab with a Fargate replica");
+    let tracer = start_tracer(&api);
+    let client = topo.pod("default", "client").expect("client").clone();
+    let ip = client.ip.to_string();
+    // Names ready (probing the replica on node A: an answer from the Fargate replica would make
+    // the loss below read as intermittent).
+    lab::pin(lab::Pin::A).expect("pin a");
+    until_enrichment(
+        &tracer,
+        &client.netns,
+        &ip,
+        "ready",
+        Duration::from_secs(20),
+    );
+
+    lab::pin(lab::Pin::B).expect("pin b");
+    lab::set_failure(lab::Failure::NodeSgTcpOnly, true).expect("failure on");
+    let v = query(&tracer, &client.netns, &ip, NAME);
+    lab::set_failure(lab::Failure::NodeSgTcpOnly, false).expect("failure off");
+    assert_eq!(v["verdict"], "lost_beyond_node", "{v:#}");
+    assert_eq!(v["server"]["pod"], "coredns-b", "{v:#}");
+    assert_eq!(v["server"]["node"], FARGATE_NODE, "{v:#}");
+    let hint = v["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("the replica runs on AWS Fargate, where no tracer can run")
+            && hint.contains("the Fargate pod's security group (the cluster security group"),
+        "{hint}"
+    );
     drop(tracer);
     drop(api);
 }

@@ -158,8 +158,14 @@ fn answered(v: &Verdict) -> String {
         .unwrap_or_default();
     let q = d.qname.as_deref().unwrap_or("the query");
     if v.facts.client_side == ClientSide::Remote {
+        let side = match v.client.meta.node.as_deref() {
+            Some(n) if is_fargate_node(n) => {
+                "the network ACLs of the Fargate pod's subnet and its security group: the cluster security group, or the one its Fargate profile's SecurityGroupPolicy gives it"
+            }
+            _ => "the network ACLs and security groups on the client's side",
+        };
         return format!(
-            "{} on this node answered {rcode} to {} and the reply left {} via {}{lat}; if the client did not get it, it was lost outside this node (check the network ACLs and security groups on the client's side)",
+            "{} on this node answered {rcode} to {} and the reply left {} via {}{lat}; if the client did not get it, it was lost outside this node (check {side})",
             server(v),
             client(v),
             v.node,
@@ -495,17 +501,30 @@ fn lost(v: &Verdict) -> String {
     } else {
         format!("{p} 53 from {} left", client(v))
     };
-    let unknown = v
-        .peer
-        .as_ref()
-        .and_then(|p| p.reason.map(|r| (p.node.as_str(), r)))
-        .map(|(node, r)| {
-            format!(
-                " (node {node}'s tracer could not say which: {})",
-                peer_reason(r)
-            )
-        })
-        .unwrap_or_default();
+    // A replica on AWS Fargate: no tracer can run there, and its security group is the cluster
+    // security group (or its Fargate profile's pod security group), not a node's.
+    let fargate = v.server.meta.node.as_deref().filter(|n| is_fargate_node(n));
+    let unknown = match fargate {
+        Some(_) => {
+            " (the replica runs on AWS Fargate, where no tracer can run to say which)".to_owned()
+        }
+        None => v
+            .peer
+            .as_ref()
+            .and_then(|p| p.reason.map(|r| (p.node.as_str(), r)))
+            .map(|(node, r)| {
+                format!(
+                    " (node {node}'s tracer could not say which: {})",
+                    peer_reason(r)
+                )
+            })
+            .unwrap_or_default(),
+    };
+    let server_sg = if fargate.is_some() {
+        "the Fargate pod's security group (the cluster security group, or the one its Fargate profile's SecurityGroupPolicy gives it)"
+    } else {
+        "the server's security group"
+    };
     let base = format!(
         "{lead} node {} via {via_txt} toward {} and no reply came back within {w}{first}: the query or its reply was lost outside this node{unknown}",
         v.node,
@@ -514,7 +533,7 @@ fn lost(v: &Verdict) -> String {
     // Only what the evidence supports: from this node a lost query and a lost reply look the
     // same, so both directions' controls are named.
     let controls = format!(
-        "check, for the query, that the {sg} allows {p} 53 out to {ip} and the server's security group allows it in; for the reply, that the server side may send it back and that the network ACLs (NACLs) of both subnets allow {p} 53 one way and the ephemeral ports (1024-65535) on the return path",
+        "check, for the query, that the {sg} allows {p} 53 out to {ip} and {server_sg} allows it in; for the reply, that the server side may send it back and that the network ACLs (NACLs) of both subnets allow {p} 53 one way and the ephemeral ports (1024-65535) on the return path",
         ip = v.server.ip
     );
     if v.facts.other_transport_ok {
@@ -525,13 +544,19 @@ fn lost(v: &Verdict) -> String {
     }
     if v.facts.same_transport_ok {
         return format!(
-            "{base}; {p} 53 to the same server was answered recently, so the loss is intermittent: check the ENA allowance counters (`ethtool -S {via}`: pps/conntrack/linklocal_allowance_exceeded) and the server's load{suffix}"
+            "{base}; {p} 53 to the same server was answered recently, so either the loss is intermittent (check the ENA allowance counters, `ethtool -S {via}`: pps/conntrack/linklocal_allowance_exceeded, and the server's load) or a rule changed since (a security group or NACL edit): {controls}{suffix}"
         );
     }
     format!(
         "{base}: {controls}, and the route to {}{suffix}",
         v.server.ip
     )
+}
+
+/// Whether a node is an AWS Fargate node (EKS names them `fargate-ip-…`): one pod each, and no
+/// DaemonSet runs there.
+pub fn is_fargate_node(name: &str) -> bool {
+    name.starts_with("fargate-")
 }
 
 /// Why a peer could not say, as a clause.

@@ -2964,3 +2964,105 @@ fn node_counters_that_grew_while_the_flow_was_open_are_in_its_verdict() {
     let quiet = SignalLog::default();
     assert!(quiet.bearing_on(&v, window_ns).is_empty());
 }
+
+/// A query lost toward a CoreDNS replica on AWS Fargate: no tracer can run there, so the hint
+/// says so (not "its tracer could not say") and names the Fargate pod's security group.
+#[test]
+fn lost_toward_a_replica_on_fargate_names_its_security_group() {
+    let (out, _) = run_steps(
+        Config::new("node-a"),
+        &evs(remote_query(0.0, 40400, 400, None)),
+        7000.0,
+        false,
+    );
+    let mut v = out.into_iter().next().expect("a verdict");
+    assert_eq!(v.verdict, VerdictKind::LostBeyondNode);
+    let before = super::hint::render(&v);
+    assert!(!before.contains("Fargate"), "{before}");
+    let node = "fargate-ip-198-18-2-30.eu-west-1.compute.internal";
+    v.server.meta.node = Some(node.to_owned());
+    v.peer = Some(crate::peer::peer_unknown(node, PeerReason::NoTracer));
+    let hint = super::hint::render(&v);
+    for want in [
+        "the query or its reply was lost outside this node (the replica runs on AWS Fargate, where no tracer can run to say which)",
+        "the Fargate pod's security group (the cluster security group, or the one its Fargate profile's SecurityGroupPolicy gives it) allows it in",
+    ] {
+        assert!(hint.contains(want), "{want:?} missing: {hint}");
+    }
+    assert!(!hint.contains("no tracer runs there"), "{hint}");
+    assert!(super::hint::is_fargate_node(node));
+    assert!(!super::hint::is_fargate_node("ip-198-18-2-10.lab.internal"));
+}
+
+/// A query from another machine answered by the replica here: the answer left through eth0,
+/// and what to check if the client did not get it is on the client's side; for a client on
+/// AWS Fargate, its subnet's NACLs and its pod's security group.
+#[test]
+fn answer_to_a_remote_or_fargate_client_points_at_the_clients_side() {
+    let remote = "198.18.2.21:40500";
+    let (out, _) = run_steps(
+        Config::new("node-a"),
+        &evs(vec![
+            q(0.0, Hook::Ingress, eth0(), remote, LOCAL_DNS, 500),
+            q(0.02, Hook::Egress, dns_veth(), remote, LOCAL_DNS, 500),
+            r(
+                0.2,
+                Hook::Ingress,
+                dns_veth(),
+                LOCAL_DNS,
+                remote,
+                500,
+                "NOERROR",
+            ),
+            r(
+                0.22,
+                Hook::Egress,
+                eth0(),
+                LOCAL_DNS,
+                remote,
+                500,
+                "NOERROR",
+            ),
+        ]),
+        7000.0,
+        false,
+    );
+    let mut v = out.into_iter().next().expect("a verdict");
+    assert_eq!(v.verdict, VerdictKind::Answered);
+    let hint = super::hint::render(&v);
+    assert!(
+        hint.contains(
+            "on this node answered NOERROR to 198.18.2.21 and the reply left node-a via eth0"
+        ) && hint.contains("(check the network ACLs and security groups on the client's side)"),
+        "{hint}"
+    );
+    v.client.meta.node = Some("fargate-ip-198-18-2-21.eu-west-1.compute.internal".into());
+    let hint = super::hint::render(&v);
+    assert!(
+        hint.contains("the network ACLs of the Fargate pod's subnet and its security group"),
+        "{hint}"
+    );
+}
+
+/// UDP 53 to a server that answered over UDP a moment ago, now lost: intermittent loss (the
+/// ENA allowances, the server's load) or a rule changed since; both, with the controls to
+/// check, never only one.
+#[test]
+fn lost_after_the_same_server_answered_names_both_causes() {
+    let mut steps = evs(remote_query(0.0, 40600, 600, Some("NOERROR")));
+    steps.push(Step::Poll(500.0));
+    steps.extend(evs(remote_query(1000.0, 40601, 601, None)));
+    let (out, _) = run_steps(Config::new("node-a"), &steps, 8000.0, false);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    let lost = out
+        .iter()
+        .find(|v| v.verdict == VerdictKind::LostBeyondNode)
+        .expect("the second query is lost");
+    for want in [
+        "UDP 53 to the same server was answered recently, so either the loss is intermittent (check the ENA allowance counters, `ethtool -S eth0`",
+        "or a rule changed since (a security group or NACL edit)",
+        "check, for the query, that the node security group allows UDP 53 out to 198.18.2.30",
+    ] {
+        assert!(lost.hint.contains(want), "{want:?} missing: {}", lost.hint);
+    }
+}
