@@ -593,9 +593,19 @@ fn reply_left(v: &Verdict, via: &str, branch: bool) -> String {
                 && h.hook == Hook::Ingress
                 && h.interface_kind.is_some_and(super::flow::is_exit)
         })
-        .and_then(|h| h.interface.as_deref())
-        .unwrap_or("an uplink");
+        .and_then(|h| h.interface.as_deref());
     let out = iface(v);
+    let Some(entered) = entered else {
+        // The request never came back in: the reply came from elsewhere and this node sent it
+        // out again instead of delivering it.
+        return format!(
+            "{what} from {} left node {} via {via} toward {}, which answered; {back} came to this node and left it again via {out} instead of reaching the client, and never came back within {w}: check the route to {ip} on this node (`ip route get {ip}`) and the policy routing (`ip rule`, the ENI route tables)",
+            client(v),
+            v.node,
+            server(v),
+            ip = v.client.ip
+        );
+    };
     let pod_sg = if branch {
         "; the pod's security group is stateful and lets its own replies in, so look at what is stateless or routed"
     } else {

@@ -3066,3 +3066,48 @@ fn lost_after_the_same_server_answered_names_both_causes() {
         assert!(lost.hint.contains(want), "{want:?} missing: {}", lost.hint);
     }
 }
+
+/// A reply to a pod of this node that came in from another node and was sent out again instead
+/// of being delivered (a routing mistake): lost beyond the node on the way back, and the hint
+/// points at this node's routes, not at a re-entry that never happened.
+#[test]
+fn reply_sent_out_again_instead_of_delivered_points_at_the_routes() {
+    let (out, _) = run_steps(
+        Config::new("node-a"),
+        &evs(vec![
+            q(0.0, Hook::Ingress, client_veth(), &c(40700), KUBE_DNS, 700),
+            q(0.05, Hook::Egress, eth0(), &c(40700), REMOTE_DNS, 700),
+            r(
+                1.0,
+                Hook::Ingress,
+                eth0(),
+                REMOTE_DNS,
+                &c(40700),
+                700,
+                "NOERROR",
+            ),
+            r(
+                1.05,
+                Hook::Egress,
+                eth1(),
+                REMOTE_DNS,
+                &c(40700),
+                700,
+                "NOERROR",
+            ),
+        ]),
+        7000.0,
+        false,
+    );
+    let v = out.into_iter().next().expect("a verdict");
+    assert_eq!(v.verdict, VerdictKind::LostBeyondNode);
+    assert_eq!(v.where_.direction, Direction::Response);
+    assert!(
+        v.hint.contains(
+            "the answer came to this node and left it again via eth1 instead of reaching the client"
+        ) && v.hint.contains("`ip route get 198.18.1.21`")
+            && !v.hint.contains("came back in at"),
+        "{}",
+        v.hint
+    );
+}
