@@ -719,3 +719,53 @@ fn row03_replica_on_the_same_node_says_which_way() {
         "{h}"
     );
 }
+
+/// The healthy side of the same path: a branch-ENI pod's answers from the replica on its own
+/// node are summarised once each. Conntrack gives the query coming back in through eth0 a new
+/// source port, so the kernel summarises every answer twice (the pod's side, and the replica's
+/// side first seen at its veth); with names, the replica's side is left out of the summaries.
+#[test]
+fn answers_to_a_branch_eni_pod_from_its_own_node_are_summarised_once() {
+    if !privileged() {
+        return;
+    }
+    let topology = lab::topology_path().to_string_lossy().into_owned();
+    let (guard, tracer) = lab_with_tracer(
+        lab::Pin::A,
+        &[],
+        &[
+            "--window",
+            WINDOW,
+            "--summary-interval",
+            "1s",
+            "--node-name",
+            lab::NODE_A_NAME,
+            "--lab-metadata",
+            &topology,
+        ],
+    );
+    let sg = guard
+        .topology()
+        .pod("default", "sg-client")
+        .expect("sg-client")
+        .clone();
+    for _ in 0..5 {
+        assert!(dig(&sg.netns, &["@198.19.0.10", NAME]).contains("198.19.0.1"));
+    }
+    let ip = sg.ip.to_string();
+    let mine = |v: &Value| v["record"] == "summary" && v["client"]["ip"] == ip.as_str();
+    tracer
+        .wait_for(VERDICT_WAIT, mine)
+        .unwrap_or_else(|| panic!("no summary line: {:#?}", tracer.lines()));
+    // Give the interval that may still hold some of the answers time to end.
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = tracer.lines();
+    let count: u64 = lines
+        .iter()
+        .filter(|v| mine(v))
+        .filter_map(|v| v["count"].as_u64())
+        .sum();
+    assert_eq!(count, 5, "five answers, each summarised once: {lines:#?}");
+    drop(tracer);
+    drop(guard);
+}

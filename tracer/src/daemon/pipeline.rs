@@ -7,7 +7,7 @@ use crate::{
     decode::{
         self, Record, Symbols,
         event::{Hook, PacketEvent},
-        record::{DnsFlowRecord, Why},
+        record::{DnsFlowRecord, Origin, Why},
         wire_addr,
     },
     enrich::{
@@ -48,6 +48,9 @@ pub struct UserCounters {
     pub summarized_answers: u64,
     /// UDP egress flows not called lost because the kernel's flow table evicted their entry.
     pub egress_evicted: u64,
+    /// Answers left out of the summaries because they count the replica's side of a branch-ENI
+    /// pod's query to a replica on this node (the pod's own side is summarised).
+    pub server_side_answers: u64,
 }
 
 /// What happens to healthy answers (`--answered`).
@@ -391,6 +394,10 @@ impl Pipeline {
     pub fn emit_summaries(&mut self, start: u64, end: u64) {
         let lines: Vec<Summary> = self.summaries.take(&self.node, start, end);
         for mut s in lines {
+            if self.server_side_of_a_branch_eni_pod(&s) {
+                self.user.server_side_answers += s.count;
+                continue;
+            }
             let clock = &self.clock;
             crate::enrich::finalize::finalize_summary(&mut s, &self.meta, &|t| {
                 clock.wall_rfc3339(t)
@@ -400,6 +407,19 @@ impl Pipeline {
             let shown = self.answered != AnsweredMode::Off;
             self.sinks.publish(&Output::Summary(s), shown);
         }
+    }
+
+    /// Whether `s` counts the replica's side of a branch-ENI pod's queries to a replica on this
+    /// node. Such a query goes out through the VPC and comes back in with a new source port
+    /// (conntrack), so each answer is summarised twice: under the pod's own origin, and under
+    /// "host" for the side first seen at the replica's veth. The pod's own side is the one kept.
+    fn server_side_of_a_branch_eni_pod(&self, s: &Summary) -> bool {
+        s.group.origin == Origin::Host
+            && self.meta.pod_by_ip(s.group.client).is_some_and(|p| {
+                !p.host_network
+                    && p.node.as_deref() == Some(self.node.as_str())
+                    && self.meta.branch_eni(&p).is_some()
+            })
     }
 
     /// Flushes stdout; copies the sinks' error counts into the counters.
