@@ -333,10 +333,7 @@ impl Pipeline {
                 self.correlator
                     .recount(VerdictKind::LostBeyondNode, VerdictKind::Unknown);
             }
-            v.node_signals = self.signals.bearing_on(
-                &v,
-                u64::try_from(self.window.as_nanos()).unwrap_or(u64::MAX),
-            );
+            v.node_signals = self.signals.bearing_on(&v, super::ns(self.window));
             let clock = &self.clock;
             let facts = Facts {
                 meta: &self.meta,
@@ -415,11 +412,10 @@ impl Pipeline {
     /// "host" for the side first seen at the replica's veth. The pod's own side is the one kept.
     fn server_side_of_a_branch_eni_pod(&self, s: &Summary) -> bool {
         s.group.origin == Origin::Host
-            && self.meta.pod_by_ip(s.group.client).is_some_and(|p| {
-                !p.host_network
-                    && p.node.as_deref() == Some(self.node.as_str())
-                    && self.meta.branch_eni(&p).is_some()
-            })
+            && self
+                .meta
+                .pod_by_ip(s.group.client)
+                .is_some_and(|p| p.is_pod_network_on(&self.node) && p.branch_eni().is_some())
     }
 
     /// Flushes stdout; copies the sinks' error counts into the counters.

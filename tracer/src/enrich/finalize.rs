@@ -75,9 +75,8 @@ fn annotate(v: &mut Verdict, meta: &MetaCache) {
             None => meta.pod_by_ip(v.client.ip),
         };
         if let Some(p) = &client {
-            v.facts.client_pod_unseen = v.facts.client_side == ClientSide::Host
-                && !p.host_network
-                && p.node.as_deref() == Some(v.node.as_str());
+            v.facts.client_pod_unseen =
+                v.facts.client_side == ClientSide::Host && p.is_pod_network_on(&v.node);
             v.client.meta = names(p);
         } else if entered.is_none()
             && let Some(node) = meta.node_by_ip(v.client.ip)

@@ -124,6 +124,12 @@ impl PodMeta {
         ObjKey::new(&self.namespace, &self.name)
     }
 
+    /// Whether this is a pod of node `node` with its own network (not host network): traffic
+    /// from its address should first be seen entering at its veth.
+    pub fn is_pod_network_on(&self, node: &str) -> bool {
+        !self.host_network && self.node.as_deref() == Some(node)
+    }
+
     /// The pod's branch ENI: the annotation entry whose privateIp is one of the pod's IPs, else
     /// the first entry.
     pub fn branch_eni(&self) -> Option<&BranchEni> {

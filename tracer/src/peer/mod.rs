@@ -125,36 +125,40 @@ pub fn own_node_finding(v: &Verdict, wall: &dyn Fn(u64) -> Option<String>) -> Op
         })
     };
     let exit = |h: &&PathEntry| h.interface_kind.is_some_and(crate::verdict::is_exit);
-    let mut out = peer_unknown(&v.node, PeerReason::NodeUnknown);
-    out.reason = None;
-    match v.where_.direction {
-        Direction::Request => out.finding = PeerFinding::RequestLost,
-        Direction::Response => {
-            out.finding = PeerFinding::ReplyLost;
-            out.arrived = v
-                .path
-                .iter()
-                .filter(exit)
-                .find(|h| h.direction == Direction::Request && h.hook == Hook::Ingress)
-                .and_then(seen);
-            out.to_replica = v
-                .path
+    let request_lost = v.where_.direction == Direction::Request;
+    let (arrived, to_replica, reply_left) = if request_lost {
+        (None, None, None)
+    } else {
+        (
+            v.request_entered_by_exit().and_then(seen),
+            v.path
                 .iter()
                 .find(|h| {
                     h.direction == Direction::Request
                         && h.hook == Hook::Egress
                         && h.interface_kind == Some(IfaceKind::PodVeth)
                 })
-                .and_then(seen);
-            out.reply_left = v
-                .path
+                .and_then(seen),
+            v.path
                 .iter()
                 .filter(exit)
                 .rfind(|h| h.direction == Direction::Response && h.hook == Hook::Egress)
-                .and_then(seen);
-        }
-    }
-    Some(out)
+                .and_then(seen),
+        )
+    };
+    Some(PeerOut {
+        node: v.node.clone(),
+        finding: if request_lost {
+            PeerFinding::RequestLost
+        } else {
+            PeerFinding::ReplyLost
+        },
+        reason: None,
+        arrived,
+        to_replica,
+        reply_left,
+        drop_: None,
+    })
 }
 
 impl Parking {

@@ -1,7 +1,7 @@
 //! The `hint`: one sentence naming the likely cause and where to look, rendered from the
 //! verdict's own fields (so enrichment can re-render it with pod and node names).
 
-use crate::decode::event::{Hook, IcmpKind, IfaceKind, Rcode};
+use crate::decode::event::{IcmpKind, IfaceKind, Rcode};
 
 use super::model::{
     ClientSide, Direction, FlowKind, PeerFinding, PeerOut, PeerReason, PodMeta, RejectBy, Stage,
@@ -586,13 +586,7 @@ fn reply_left(v: &Verdict, via: &str, branch: bool) -> String {
         FlowKind::Egress => ("The UDP datagram".to_owned(), "the reply".to_owned()),
     };
     let entered = v
-        .path
-        .iter()
-        .find(|h| {
-            h.direction == Direction::Request
-                && h.hook == Hook::Ingress
-                && h.interface_kind.is_some_and(super::flow::is_exit)
-        })
+        .request_entered_by_exit()
         .and_then(|h| h.interface.as_deref());
     let out = iface(v);
     let Some(entered) = entered else {

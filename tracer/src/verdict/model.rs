@@ -570,6 +570,18 @@ pub struct Verdict {
     pub(crate) facts: HintFacts,
 }
 
+impl Verdict {
+    /// The first sighting of the request entering this node through an exit (uplink, trunk,
+    /// branch ENI): where a query that left through the VPC came back in.
+    pub fn request_entered_by_exit(&self) -> Option<&PathEntry> {
+        self.path.iter().find(|h| {
+            h.direction == Direction::Request
+                && h.hook == Hook::Ingress
+                && h.interface_kind.is_some_and(super::flow::is_exit)
+        })
+    }
+}
+
 /// Where the client sits relative to this node, judged from the first request sighting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum ClientSide {
