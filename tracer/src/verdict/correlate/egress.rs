@@ -3,7 +3,7 @@
 
 use crate::decode::event::{Hook, IfaceKind, PacketEvent, Proto, TcpFlags};
 
-use super::super::flow::{Attempt, AttemptKind, Key, is_exit};
+use super::super::flow::{Attempt, AttemptKind, Flow, Key, is_exit};
 use super::super::model::{Direction, FlowKind, Transport};
 use super::{Assign, Correlator, Mode, NatMatch, Routed, assign, transport};
 
@@ -87,20 +87,50 @@ impl Correlator {
             let snat = matches!(k, Key::EgressSnat { .. });
             let fid = *self.index.get(&k)?;
             let f = self.flows.get(&fid)?;
-            // At a pod veth the pod's own address is visible: a port collision with another
-            // pod's flow is not a match (unless that flow is not attributed yet).
+            // At a pod veth the whole pre-SNAT tuple is visible: an attributed flow of that
+            // tuple is found by its full key, so a match on the port alone is another flow's
+            // (another pod's with the same port, or a flow whose SNAT port happens to be this
+            // pod's source port: `--random-fully` picks any). Only a flow not attributed yet
+            // (seen at the uplink first) is looked up this way.
             if snat && at_pod && !f.provisional {
-                let pod_addr = if dir == Direction::Request {
-                    ev.src
-                } else {
-                    ev.dst
-                };
-                if pod_addr != f.client_ip {
-                    return None;
-                }
+                return None;
             }
             Some((fid, dir))
         })
+    }
+
+    /// Indexes the tuple `ev` (a request of `fid` leaving through an exit) carries outside the
+    /// node. When SNAT remapped the port, the guess made at the pod veth (port preserved) is
+    /// withdrawn: that port now belongs, outside the node, to whichever flow SNAT gives it
+    /// next (`--random-fully` picks any port, including another pod's source port). A flow
+    /// holding the key only as such a guess yields it; one seen leaving with it keeps it.
+    fn index_exit_key(&mut self, fid: u64, t: Transport, ev: &PacketEvent) {
+        let key = Key::egress_snat(t, ev, false);
+        if let Some(f) = self.flows.get(&fid)
+            && !f.provisional
+            && let Some(pod_port) = f.attempts.first().map(|a| a.port)
+            && pod_port != ev.sport
+        {
+            let guess = Key::EgressSnat {
+                t,
+                cport: pod_port,
+                server: ev.dst,
+                sport: ev.dport,
+            };
+            if self.index.get(&guess) == Some(&fid) {
+                self.index.remove(&guess);
+            }
+        }
+        if let Some(&other) = self.index.get(&key)
+            && other != fid
+            && !self
+                .flows
+                .get(&other)
+                .is_some_and(|o| left_with(o, ev.sport))
+        {
+            self.index.remove(&key);
+        }
+        self.index_insert(fid, key);
     }
 
     pub(super) fn open_egress(&mut self, ev: &PacketEvent, t: Transport, provisional: bool) {
@@ -192,7 +222,7 @@ impl Correlator {
         {
             // The tuple after SNAT, so the reply to the SNAT port finds the flow; and a SNATed
             // packet of another flow that was ambiguous until now may be resolved.
-            self.index_insert(fid, Key::egress_snat(t, ev, false));
+            self.index_exit_key(fid, t, ev);
             if !self.flows.get(&fid).is_some_and(|f| f.provisional) {
                 let key = self.flows.get(&fid).and_then(|f| f.egress_dst);
                 self.unlist_nat(fid, key);
@@ -209,4 +239,16 @@ impl Correlator {
         }
         Routed::Done
     }
+}
+
+/// `f`'s request was seen leaving through an exit with source port `port`.
+fn left_with(f: &Flow, port: u16) -> bool {
+    f.attempts.iter().any(|a| {
+        a.sightings.iter().any(|s| {
+            s.is_request_packet()
+                && s.hook == Hook::Egress
+                && is_exit(s.iface.kind)
+                && s.src.port() == port
+        })
+    })
 }

@@ -341,6 +341,14 @@ impl Correlator {
         ]
     }
 
+    #[cfg(test)]
+    pub(crate) fn nat_list_lens(&self) -> [usize; 2] {
+        [
+            self.by_dst[0].values().map(Vec::len).sum(),
+            self.by_dst[1].values().map(Vec::len).sum(),
+        ]
+    }
+
     // ----- routing -----
 
     fn route(&mut self, ev: &PacketEvent, mode: Mode) -> Routed {

@@ -13,8 +13,13 @@ impl Correlator {
     /// The egress flow toward `ev`'s destination that `ev` is the other half of, across a
     /// SNAT that remapped the port: for a packet leaving through an uplink, a pod flow whose
     /// request has not left yet (nor was dropped); for a packet at a pod veth, a flow seen so
-    /// far only at an uplink. Within [`MAX_NAT_DELAY_NS`], in causal order. Prunes entries
-    /// that can no longer match.
+    /// far only at an uplink. Within [`MAX_NAT_DELAY_NS`], in causal order.
+    ///
+    /// A list holds the flows toward one destination in the order they were opened. Entries
+    /// that can no longer match anything are pruned from its old end; the search runs from
+    /// the new end and stops at the second candidate, since two already make the match
+    /// ambiguous. So a busy destination costs a few steps per packet, also while records are
+    /// being lost and the flows whose exit went unseen pile up until they age out.
     pub(super) fn nat_candidate(
         &mut self,
         t: Transport,
@@ -27,52 +32,69 @@ impl Correlator {
             return NatMatch::None;
         };
         let ts = ev.ts_ns;
+        let stale = fids
+            .iter()
+            .take_while(|&&fid| self.nat_fit(fid, ts, provisional) == Fit::Never)
+            .count();
+        fids.drain(..stale);
         let mut found = NatMatch::None;
-        fids.retain(|&fid| {
-            let Some(f) = self.flows.get(&fid) else {
-                return false;
-            };
-            let Some(a) = f.latest_attempt().and_then(|i| f.attempts.get(i)) else {
-                return false;
-            };
-            if f.provisional != provisional {
-                return false;
+        for &fid in fids.iter().rev() {
+            if self.nat_fit(fid, ts, provisional) != Fit::Now {
+                continue;
             }
-            let (pod_ts, exit_ts) = if provisional {
-                (ts, a.start_ts)
-            } else {
-                (a.start_ts, ts)
-            };
-            let exit_too_late = exit_ts > pod_ts.saturating_add(MAX_NAT_DELAY_NS);
-            let exit_too_early = exit_ts.saturating_add(self.reorder_ns) < pod_ts;
-            // The listed flow's own time is fixed and `ev`'s grows with later events: a
-            // mismatch in the direction time moves is final, so the entry goes.
-            if (!provisional && exit_too_late) || (provisional && exit_too_early) {
-                return false;
+            if let NatMatch::One(_) = found {
+                found = NatMatch::Ambiguous;
+                break;
             }
-            if exit_too_late || exit_too_early {
-                return true;
-            }
-            if !provisional
-                && a.sightings.iter().any(|s| {
-                    (s.is_request_packet() && s.hook == Hook::Egress && is_exit(s.iface.kind))
-                        || (s.hook == Hook::Drop && s.dir == Direction::Request)
-                })
-            {
-                return false;
-            }
-            found = match found {
-                NatMatch::None => NatMatch::One(fid),
-                _ => NatMatch::Ambiguous,
-            };
-            true
-        });
+            found = NatMatch::One(fid);
+        }
         if !fids.is_empty()
             && let Some(m) = self.by_dst.get_mut(list)
         {
             m.insert(key, fids);
         }
         found
+    }
+
+    /// Whether listed flow `fid` can be the other half of a packet at `ts`.
+    fn nat_fit(&self, fid: u64, ts: u64, provisional: bool) -> Fit {
+        let Some(f) = self.flows.get(&fid) else {
+            return Fit::Never;
+        };
+        let Some(a) = f.latest_attempt().and_then(|i| f.attempts.get(i)) else {
+            return Fit::Never;
+        };
+        if f.provisional != provisional {
+            return Fit::Never;
+        }
+        let (pod_ts, exit_ts) = if provisional {
+            (ts, a.start_ts)
+        } else {
+            (a.start_ts, ts)
+        };
+        let exit_too_late = exit_ts > pod_ts.saturating_add(MAX_NAT_DELAY_NS);
+        // One packet crosses the pod veth and then the exit on one CPU, and both programs read
+        // the same monotonic clock: an exit stamped before the pod sighting is another
+        // packet's, whatever order the records arrive in (when the pod sighting of that other
+        // packet was lost, joining them would credit its answer to the wrong connection).
+        let exit_too_early = exit_ts < pod_ts;
+        // The listed flow's own time is fixed and the packets' grows: a mismatch in the
+        // direction time moves is final.
+        if (!provisional && exit_too_late) || (provisional && exit_too_early) {
+            return Fit::Never;
+        }
+        if exit_too_late || exit_too_early {
+            return Fit::NotNow;
+        }
+        if !provisional
+            && a.sightings.iter().any(|s| {
+                (s.is_request_packet() && s.hook == Hook::Egress && is_exit(s.iface.kind))
+                    || (s.hook == Hook::Drop && s.dir == Direction::Request)
+            })
+        {
+            return Fit::Never;
+        }
+        Fit::Now
     }
 
     /// Removes `fid` from the NAT candidate lists.
@@ -89,4 +111,15 @@ impl Correlator {
             }
         }
     }
+}
+
+/// How a listed flow fits a packet's time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    /// A candidate.
+    Now,
+    /// Not for this packet; maybe for a later one.
+    NotNow,
+    /// Not for this packet nor any later one: the entry can go.
+    Never,
 }
