@@ -57,6 +57,9 @@ fn hostname() -> String {
 /// The loop's period: drain the ring buffer (records below the kernel's wake-up threshold),
 /// decide flows, write lines.
 const TICK: Duration = Duration::from_millis(100);
+/// Records read per wake-up of the ring before the loop turns to its other work (the tick:
+/// decisions, output, the loss history; the observe socket; metrics).
+const RECORDS_PER_WAKE: usize = 4096;
 /// Every how many ticks the DNS table is swept and the loss history read.
 const SWEEP_EVERY: u32 = 1;
 /// Margin between the kernel's last touch of an open DNS table entry (window + GRACE / 2) and
@@ -273,13 +276,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut signals_tick = tokio::time::interval(SIGNALS_INTERVAL);
     signals_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let summary_ns = ns(args.summary_interval);
+    let ring_bytes = u64::from(args.ring_bytes.unwrap_or(tracer_common::RING_BUF_BYTES));
     let mut ticks: u32 = 0;
 
     let result: anyhow::Result<()> = loop {
         tokio::select! {
             _ = tick.tick() => {
                 let now = mono_ns();
-                drain(&mut ring, &mut p, &mgr, &scope);
+                drain(&mut ring, ring_bytes, &mut p, &mgr, &scope);
                 ticks = ticks.wrapping_add(1);
                 if ticks.is_multiple_of(SWEEP_EVERY) {
                     sweep(&mut kt, &mut p, &capture, &mgr, &scope, now);
@@ -304,11 +308,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     Err(err) => break Err(err).context("waiting on the ring buffer"),
                 };
                 let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
+                let mut emptied = false;
+                for _ in 0..RECORDS_PER_WAKE {
+                    let Some(item) = rb.next() else {
+                        emptied = true;
+                        break;
+                    };
                     p.record(&item, mgr.table(), &scope);
                 }
                 p.flush();
-                guard.clear_ready();
+                // Not emptied (the kernel writes as fast as this reads): stay ready, so the
+                // loop comes back here after the tick and the rest had their turn.
+                if emptied {
+                    guard.clear_ready();
+                }
             }
             msg = link_events.next() => {
                 match msg {
@@ -367,7 +380,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     kt.maybe_flip(mono_ns(), 0, true);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let now = mono_ns();
-    drain(&mut ring, &mut p, &mgr, &scope);
+    // The programs are detached: nothing new comes, read all.
+    drain(&mut ring, u64::MAX, &mut p, &mgr, &scope);
     sweep(&mut kt, &mut p, &capture, &mgr, &scope, now);
     if let Some((start, end)) = kt.collect(&mut p.summaries) {
         p.emit_summaries(start, end);
@@ -416,16 +430,31 @@ async fn recv_or_pending_unbounded<T>(
 }
 
 /// Reads every record waiting in the ring buffer.
+/// Reads the ring until it is empty or until everything it held when called has been read:
+/// `ring_bytes` of records, the most it can hold. Under a load the daemon cannot keep up
+/// with, the kernel refills the ring as fast as it is read; stopping there keeps the tick's
+/// decisions and output coming, and what was in the ring before the tick (everything a
+/// decision at the tick's start depends on) has been read.
 fn drain(
     ring: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    ring_bytes: u64,
     p: &mut Pipeline,
     mgr: &AttachManager,
     scope: &Scope,
 ) {
     let rb = ring.get_mut();
-    while let Some(item) = rb.next() {
+    let mut read: u64 = 0;
+    while read < ring_bytes
+        && let Some(item) = rb.next()
+    {
+        read = read.saturating_add(record_span(item.len()));
         p.record(&item, mgr.table(), scope);
     }
+}
+
+/// The bytes a record of `len` bytes takes in the ring: its 8-byte header, rounded up to 8.
+fn record_span(len: usize) -> u64 {
+    (len as u64).saturating_add(8).next_multiple_of(8)
 }
 
 /// Reads the kernel's loss history, then sweeps the DNS table (after a drain: see

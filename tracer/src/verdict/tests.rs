@@ -3376,3 +3376,39 @@ fn a_snat_copy_joins_only_a_pod_sighting_stamped_before_it() {
     );
     assert_eq!(stats.unattributed_egress, 1, "B: seen only at the uplink");
 }
+
+/// A connection whose SYN-ACK reached the client, then closed with a reset (SO_LINGER 0) that
+/// the server answered with a reset of its own, all within the reorder delay: `established`,
+/// not `rejected` (seen in the lab at thousands of connections a second).
+#[test]
+fn a_reset_after_the_handshake_does_not_make_it_rejected() {
+    let steps = evs(vec![
+        tcp(0.0, Hook::Ingress, client_veth(), &c(43_928), WEB, "SYN"),
+        tcp(0.01, Hook::Egress, eth0(), &snat(47_515), WEB, "SYN"),
+        tcp(0.02, Hook::Ingress, eth0(), WEB, &snat(47_515), "SYN|ACK"),
+        tcp(
+            0.023,
+            Hook::Egress,
+            client_veth(),
+            WEB,
+            &c(43_928),
+            "SYN|ACK",
+        ),
+        tcp(
+            4.23,
+            Hook::Ingress,
+            client_veth(),
+            &c(43_928),
+            WEB,
+            "RST|ACK",
+        ),
+        tcp(4.259, Hook::Egress, eth0(), &snat(47_515), WEB, "RST|ACK"),
+        tcp(4.307, Hook::Ingress, eth0(), WEB, &snat(47_515), "RST"),
+        tcp(4.312, Hook::Egress, client_veth(), WEB, &c(43_928), "RST"),
+    ]);
+    let (verdicts, _) = run_steps(Config::new("node-a"), &steps, 8000.0, true);
+    let v: Vec<Value> = verdicts.iter().map(to_json).collect();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0]["verdict"], "established", "{}", v[0]);
+    assert_eq!(v[0]["rejection"], Value::Null);
+}

@@ -348,6 +348,68 @@ pub fn latency_ms(v: &Value) -> Option<f64> {
         .or_else(|| field(v, "latency_ms").and_then(Value::as_f64))
 }
 
+/// The parts of a line that filters, and the "never seen" warnings, read: kept for each line
+/// of the history instead of the whole line parsed (a verdict parsed takes several times its
+/// text's memory, and the history keeps thousands).
+pub fn facets(v: &Value) -> Value {
+    let Some(obj) = v.as_object() else {
+        return Value::Null;
+    };
+    let pick = |from: &serde_json::Map<String, Value>, keys: &[&str]| -> Value {
+        Value::Object(
+            keys.iter()
+                .filter_map(|k| from.get(*k).map(|x| ((*k).to_owned(), x.clone())))
+                .collect(),
+        )
+    };
+    let mut out = serde_json::Map::new();
+    for key in [
+        "type",
+        "verdict",
+        "kind",
+        "node",
+        "src",
+        "dst",
+        "latency_ms",
+    ] {
+        if let Some(x) = obj.get(key) {
+            out.insert(key.to_owned(), x.clone());
+        }
+    }
+    const SIDE: &[&str] = &[
+        "namespace",
+        "pod",
+        "node",
+        "ip",
+        "labels",
+        "service",
+        "service_ip",
+    ];
+    let sides: [(&str, &[&str]); 4] = [
+        ("client", SIDE),
+        ("server", SIDE),
+        ("dns", &["qname", "latency_ms"]),
+        ("egress", &["latency_ms"]),
+    ];
+    for (key, fields) in sides {
+        match obj.get(key) {
+            Some(Value::Object(m)) => {
+                out.insert(key.to_owned(), pick(m, fields));
+            }
+            Some(other) => {
+                out.insert(key.to_owned(), other.clone());
+            }
+            None => {}
+        }
+    }
+    Value::Object(out)
+}
+
+/// A healthy verdict line: `answered` or `established` (per flow or a summary).
+pub fn is_healthy(v: &Value) -> bool {
+    matches!(str_at(v, "verdict"), Some("answered" | "established"))
+}
+
 impl Matcher {
     /// True when the line passes every flag that is set.
     pub fn matches(&self, v: &Value) -> bool {
@@ -777,6 +839,99 @@ mod tests {
                 filter == Filter::default(),
                 "{what}: junk"
             );
+            // The history keeps only a line's facets: every filter decides the same on them.
+            for (name, v) in [
+                ("dns", &dns),
+                ("egress", &egress),
+                ("packet", &packet),
+                ("junk", &junk),
+            ] {
+                assert_eq!(
+                    m.matches(&facets(v)),
+                    m.matches(v),
+                    "{what}: facets of {name}"
+                );
+            }
+        }
+    }
+
+    /// Every example verdict of docs/examples, under every single-flag filter built from its
+    /// own values (and a miss): the facets the history keeps decide like the whole line, and
+    /// are smaller than it.
+    #[test]
+    fn facets_decide_like_the_whole_line() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples");
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("docs/examples") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("example");
+            if path.extension().is_some_and(|e| e == "jsonl") {
+                lines.extend(
+                    text.lines()
+                        .map(|l| serde_json::from_str::<Value>(l).expect("jsonl")),
+                );
+            } else {
+                lines.push(serde_json::from_str::<Value>(&text).expect("json"));
+            }
+        }
+        lines.push(summary_line());
+        assert!(lines.len() > 10);
+        for v in &lines {
+            let kept = facets(v);
+            assert!(kept.to_string().len() < v.to_string().len(), "{v}");
+            let text = |path: &str| str_at(v, path).map(str::to_owned);
+            let mut filters: Vec<Filter> = vec![Filter::default()];
+            for value in [text("verdict"), Some("nope".into())].into_iter().flatten() {
+                filters.push(f(|f| f.verdict = vec![value.clone()]));
+            }
+            for value in [
+                text("client.namespace"),
+                text("server.namespace"),
+                Some("nope".into()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                filters.push(f(|f| f.namespace = vec![value.clone()]));
+                filters.push(f(|f| f.from_namespace = vec![value.clone()]));
+                filters.push(f(|f| f.to_namespace = vec![value.clone()]));
+            }
+            for value in [text("client.pod"), text("server.pod")]
+                .into_iter()
+                .flatten()
+            {
+                filters.push(f(|f| f.pod = vec![value.clone()]));
+                filters.push(f(|f| f.to_pod = vec![value.clone()]));
+            }
+            for value in [text("dns.qname"), text("server.service")]
+                .into_iter()
+                .flatten()
+            {
+                filters.push(f(|f| f.qname = vec![value.clone()]));
+                filters.push(f(|f| f.service = vec![value.clone()]));
+            }
+            for value in [text("node"), text("server.node")].into_iter().flatten() {
+                filters.push(f(|f| f.node = vec![value.clone()]));
+            }
+            for value in [
+                text("client.ip"),
+                text("server.ip"),
+                text("server.service_ip"),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                filters.push(f(|f| f.ip = vec![value.clone()]));
+            }
+            filters.push(f(|f| f.kind = s(&["egress"])));
+            filters.push(f(|f| f.min_latency = Some(100)));
+            filters.push(f(|f| {
+                f.selector = vec![parse_selector("app").expect("selector")]
+            }));
+            for filter in filters {
+                let m = filter.compile().expect("filter");
+                assert_eq!(m.matches(&kept), m.matches(v), "{filter:?} on {v}");
+            }
         }
     }
 

@@ -57,10 +57,17 @@ use self::seen::Seen;
 pub const DEFAULT_SOCKET: &str = "/run/tracer/tracer.sock";
 
 /// Lines the broadcast channel holds for the slowest client before that client starts to miss
-/// lines (it is then told how many with a notice).
-pub const BROADCAST_CAPACITY: usize = 8192;
-/// Verdict lines kept for `--last`; the oldest is evicted first.
+/// lines (it is then told how many with a notice). The channel keeps the last this many lines
+/// whether or not anyone reads them: part of the daemon's memory at thousands of lines a second.
+pub const BROADCAST_CAPACITY: usize = 2048;
+/// Verdict lines kept for `--last`; the oldest is evicted first. Healthy lines (`answered`,
+/// `established`, summaries) and the others are kept apart, this many of each, so a flood of
+/// healthy connections cannot push the failures out.
 pub const HISTORY_LIMIT: usize = 10_000;
+/// Memory the kept lines of one kind (healthy verdicts, other verdicts, packet events) may
+/// take, bytes, estimated from their length: at thousands of lines a second the count alone
+/// would let the history outgrow the daemon's memory limit.
+pub const HISTORY_BYTES: usize = 12 << 20;
 /// Packet event lines kept for `--last --events`; the oldest is evicted first.
 pub const EVENT_HISTORY_LIMIT: usize = 2_000;
 /// Longest request line accepted, in bytes.
@@ -84,7 +91,8 @@ const SEEN_LISTED: usize = 8;
 struct Entry {
     seq: u64,
     line: Arc<str>,
-    value: Arc<Value>,
+    /// The fields filters read ([`filter::facets`]), not the whole line parsed.
+    value: Value,
     event: bool,
     /// When it was published (for verdicts: when they were decided).
     published: jiff::Timestamp,
@@ -93,9 +101,39 @@ struct Entry {
 #[derive(Debug, Default)]
 struct History {
     next_seq: u64,
-    verdicts: VecDeque<Arc<Entry>>,
-    events: VecDeque<Arc<Entry>>,
+    /// Verdicts other than healthy ones.
+    verdicts: Kept,
+    /// `answered` and `established` verdicts and summaries.
+    healthy: Kept,
+    events: Kept,
     seen: Seen,
+}
+
+/// Kept lines of one kind, bounded by count and by estimated memory.
+#[derive(Debug, Default)]
+struct Kept {
+    lines: VecDeque<Arc<Entry>>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn push(&mut self, entry: Arc<Entry>, limit: usize) {
+        let cost = entry_cost(&entry);
+        while !self.lines.is_empty()
+            && (self.lines.len() >= limit || self.bytes.saturating_add(cost) > HISTORY_BYTES)
+        {
+            if let Some(old) = self.lines.pop_front() {
+                self.bytes = self.bytes.saturating_sub(entry_cost(&old));
+            }
+        }
+        self.bytes = self.bytes.saturating_add(cost);
+        self.lines.push_back(entry);
+    }
+}
+
+/// Estimated memory of a kept line: the text, its facets (a fraction of it) and the entry.
+fn entry_cost(e: &Entry) -> usize {
+    e.line.len().saturating_mul(2).saturating_add(256)
 }
 
 #[derive(Debug)]
@@ -155,31 +193,33 @@ impl Hub {
             line
         };
         let event = crate::sinks::json::is_packet_event(&value);
+        let healthy = !event && filter::is_healthy(&value);
+        let facets = filter::facets(&value);
+        drop(value);
         let mut h = self
             .inner
             .history
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if !event {
-            h.seen.note(&value);
+            h.seen.note(&facets);
         }
         let entry = Arc::new(Entry {
             seq: h.next_seq,
             line,
-            value,
+            value: facets,
             event,
             published: jiff::Timestamp::now(),
         });
         h.next_seq += 1;
-        let (queue, limit) = if event {
+        let (kept, limit) = if event {
             (&mut h.events, self.inner.event_limit)
+        } else if healthy {
+            (&mut h.healthy, self.inner.verdict_limit)
         } else {
             (&mut h.verdicts, self.inner.verdict_limit)
         };
-        if queue.len() >= limit {
-            queue.pop_front();
-        }
-        queue.push_back(Arc::clone(&entry));
+        kept.push(Arc::clone(&entry), limit);
         // Sent under the history lock so a subscriber sees every line exactly once: either in
         // its history snapshot or on its receiver. No receivers is not an error.
         let _ = self.inner.tx.send(entry);
@@ -206,7 +246,10 @@ impl Hub {
             .history
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        (h.verdicts.len(), h.events.len())
+        (
+            h.verdicts.lines.len() + h.healthy.lines.len(),
+            h.events.lines.len(),
+        )
     }
 
     /// Warnings for the names in `request`'s filters that no verdict has carried so far.
@@ -242,9 +285,16 @@ impl Hub {
                 return (Vec::new(), rx);
             }
             // Copy the Arcs only; matching happens outside the lock.
-            let verdicts: Vec<Arc<Entry>> = h.verdicts.iter().cloned().collect();
+            let mut verdicts: Vec<Arc<Entry>> = h
+                .verdicts
+                .lines
+                .iter()
+                .chain(h.healthy.lines.iter())
+                .cloned()
+                .collect();
+            verdicts.sort_unstable_by_key(|e| e.seq);
             let evs: Vec<Arc<Entry>> = if events {
-                h.events.iter().cloned().collect()
+                h.events.lines.iter().cloned().collect()
             } else {
                 Vec::new()
             };
@@ -573,6 +623,49 @@ mod tests {
         assert_eq!(ids(&c.take(1).await), [5]);
     }
 
+    /// A node making thousands of healthy connections a second: `--since`/`--last` still show
+    /// the failure from before the flood, and the kept lines stay within their memory bound
+    /// (before: 10,000 lines of any kind, each kept parsed as well, some 200 MB at 2.6 KB a
+    /// line, beyond the DaemonSet's memory limit).
+    #[tokio::test]
+    async fn a_flood_of_healthy_lines_keeps_the_failures_within_a_memory_bound() {
+        let s = start(Hub::new());
+        s.hub.publish_value(verdict(0, "a", "dropped"));
+        let padding = "x".repeat(2_600);
+        for i in 1..=HISTORY_LIMIT + 100 {
+            let mut v = verdict(
+                i,
+                "a",
+                if i % 2 == 0 {
+                    "answered"
+                } else {
+                    "established"
+                },
+            );
+            v["hint"] = json!(padding);
+            s.hub.publish_value(v);
+        }
+        let (kept, _) = s.hub.history_len();
+        let cost = 2 * (2_600 + 150) + 256;
+        assert!(
+            kept > 1 && kept <= HISTORY_BYTES / cost + 1,
+            "{kept} lines kept"
+        );
+        let mut c = Client::connect(
+            &s.path,
+            &format!(
+                r#"{{"filter":{{"verdict":["dropped"]}},"last":{},"follow":false}}"#,
+                2 * HISTORY_LIMIT
+            ),
+        )
+        .await;
+        assert_eq!(ids(&c.take(1).await), [0]);
+        // And the newest healthy lines are there, in order.
+        let mut c = Client::connect(&s.path, r#"{"last":3,"follow":false}"#).await;
+        let n = HISTORY_LIMIT as u64 + 100;
+        assert_eq!(ids(&c.take(3).await), [n - 2, n - 1, n]);
+    }
+
     #[tokio::test]
     async fn two_clients_different_filters() {
         let s = start(Hub::new());
@@ -635,7 +728,7 @@ mod tests {
         let mut e = Entry {
             seq: 0,
             line: Arc::from("{}"),
-            value: Arc::new(json!({})),
+            value: json!({}),
             event: false,
             published: jiff::Timestamp::UNIX_EPOCH,
         };

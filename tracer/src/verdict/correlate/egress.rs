@@ -151,8 +151,7 @@ impl Correlator {
             f.egress_dst = Some((t, ev.dst, ev.dport));
         }
         self.add_sighting(fid, 0, s);
-        self.replay_pending(ev.src);
-        self.replay_pending(ev.dst);
+        self.replay_pending_for(fid);
     }
 
     pub(super) fn egress_into(
@@ -227,15 +226,14 @@ impl Correlator {
                 let key = self.flows.get(&fid).and_then(|f| f.egress_dst);
                 self.unlist_nat(fid, key);
             }
-            self.replay_pending(ev.src);
-            self.replay_pending(ev.dst);
+            self.replay_pending_for(fid);
         }
         if let Some(k) = attributed {
             // Attributed now: no longer a provisional NAT candidate.
             let key = self.flows.get(&fid).and_then(|f| f.egress_dst);
             self.unlist_nat(fid, key);
             self.index_insert(fid, k);
-            self.replay_pending(ev.src);
+            self.replay_pending_for(fid);
         }
         Routed::Done
     }

@@ -9,6 +9,10 @@ use super::super::flow::is_exit;
 use super::super::model::{Direction, Transport};
 use super::{Correlator, MAX_NAT_DELAY_NS, NatMatch};
 
+/// Flows toward one destination that may wait for their SNATed copy before a match is
+/// declared ambiguous without looking.
+const MAX_NAT_CANDIDATES: usize = 64;
+
 impl Correlator {
     /// The egress flow toward `ev`'s destination that `ev` is the other half of, across a
     /// SNAT that remapped the port: for a packet leaving through an uplink, a pod flow whose
@@ -38,15 +42,22 @@ impl Correlator {
             .count();
         fids.drain(..stale);
         let mut found = NatMatch::None;
-        for &fid in fids.iter().rev() {
-            if self.nat_fit(fid, ts, provisional) != Fit::Now {
-                continue;
+        if fids.len() > MAX_NAT_CANDIDATES {
+            // Flows leave the list as their SNATed copy is seen, microseconds after they
+            // open: this many waiting means those copies were lost (a full ring). Any match
+            // would be a guess.
+            found = NatMatch::Ambiguous;
+        } else {
+            for &fid in fids.iter().rev() {
+                if self.nat_fit(fid, ts, provisional) != Fit::Now {
+                    continue;
+                }
+                if let NatMatch::One(_) = found {
+                    found = NatMatch::Ambiguous;
+                    break;
+                }
+                found = NatMatch::One(fid);
             }
-            if let NatMatch::One(_) = found {
-                found = NatMatch::Ambiguous;
-                break;
-            }
-            found = NatMatch::One(fid);
         }
         if !fids.is_empty()
             && let Some(m) = self.by_dst.get_mut(list)

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use crate::decode::event::{Hook, PacketEvent};
 
-use super::{Correlator, MAX_PENDING, Mode, Routed, is_dns};
+use super::super::flow::{Key, is_exit};
+use super::{Correlator, MAX_PENDING, Mode, Routed, is_dns, transport};
 
 impl Correlator {
     pub(super) fn push_pending(&mut self, ev: &PacketEvent) {
@@ -26,6 +27,56 @@ impl Correlator {
             .pending
             .drain(..)
             .partition(|e| e.src == ip || e.dst == ip);
+        self.pending = rest.into();
+        for ev in mine {
+            if self.route(&ev, Mode::Replay) == Routed::Unmatched {
+                self.pending.push_back(ev);
+            }
+        }
+    }
+
+    /// Retries the pending events that egress flow `fid` (just opened, or just seen leaving)
+    /// may now take: those of its tuples, before or after SNAT, either way; and SNATed
+    /// requests toward its destination, which it may have made ambiguous or, having left,
+    /// unambiguous. Not every event of its pod or its server: at thousands of connections a
+    /// second to one server, that replayed the whole queue at every packet.
+    pub(super) fn replay_pending_for(&mut self, fid: u64) {
+        let Some(f) = self.flows.get(&fid) else {
+            return;
+        };
+        let keys: Vec<Key> = f
+            .keys
+            .iter()
+            .filter(|k| matches!(k, Key::Egress { .. } | Key::EgressSnat { .. }))
+            .cloned()
+            .collect();
+        let dst = f.egress_dst;
+        let concerns = |e: &PacketEvent| {
+            let Some(t) = transport(e.proto) else {
+                return false;
+            };
+            if is_dns(e) {
+                return false;
+            }
+            let snat_opener = e.hook == Hook::Egress
+                && is_exit(e.iface.kind)
+                && e.icmp.is_none()
+                && (t == super::Transport::Udp || e.tcp_flags.is_some_and(|f| f.is_syn()));
+            (snat_opener && dst == Some((t, e.dst, e.dport)))
+                || [
+                    Key::egress(t, e, false),
+                    Key::egress(t, e, true),
+                    Key::egress_snat(t, e, false),
+                    Key::egress_snat(t, e, true),
+                ]
+                .iter()
+                .any(|k| keys.contains(k))
+        };
+        if !self.pending.iter().any(concerns) {
+            return;
+        }
+        let (mine, rest): (Vec<PacketEvent>, Vec<PacketEvent>) =
+            self.pending.drain(..).partition(concerns);
         self.pending = rest.into();
         for ev in mine {
             if self.route(&ev, Mode::Replay) == Routed::Unmatched {

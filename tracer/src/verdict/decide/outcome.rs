@@ -102,11 +102,14 @@ fn attempt_outcome<'a>(flow: &Flow, a: &'a Attempt) -> Outcome<'a> {
                 }
             )
     };
-    if let Some(s) = ss
-        .iter()
-        .rev()
-        .find(|s| flow.is_delivery(s) && (flow.is_reply(s) || s.is_rejection()))
-    {
+    let decisive = |s: &&&Sighting| flow.is_delivery(s) && (flow.is_reply(s) || s.is_rejection());
+    // An egress connection is what its handshake got: a reset after the SYN-ACK reached the
+    // client ends a connection that was established. A DNS query is what its client got last.
+    let delivered = match flow.kind {
+        FlowKind::Egress => ss.iter().find(decisive),
+        FlowKind::Dns => ss.iter().rev().find(decisive),
+    };
+    if let Some(s) = delivered {
         if s.is_rejection() {
             return rejected(s);
         }
