@@ -44,33 +44,37 @@ impl Correlator {
         let Some(f) = self.flows.get(&fid) else {
             return;
         };
-        let keys: Vec<Key> = f
+        let Some((t, server, server_port)) = f.egress_dst else {
+            return;
+        };
+        // The flow's client ports, before and after SNAT. An event it can take has its server
+        // at one end and one of these ports at the other (a superset of its tuples: replaying
+        // a few more is harmless, and integers compare faster than tuples hash).
+        let ports: Vec<u16> = f
             .keys
             .iter()
-            .filter(|k| matches!(k, Key::Egress { .. } | Key::EgressSnat { .. }))
-            .cloned()
+            .filter_map(|k| match k {
+                Key::Egress { cport, .. } | Key::EgressSnat { cport, .. } => Some(*cport),
+                _ => None,
+            })
             .collect();
-        let dst = f.egress_dst;
         let concerns = |e: &PacketEvent| {
-            let Some(t) = transport(e.proto) else {
-                return false;
-            };
-            if is_dns(e) {
+            if transport(e.proto) != Some(t) || is_dns(e) {
                 return false;
             }
-            let snat_opener = e.hook == Hook::Egress
+            let (port, toward) = if e.dst == server && e.dport == server_port {
+                (e.sport, true)
+            } else if e.src == server && e.sport == server_port {
+                (e.dport, false)
+            } else {
+                return false;
+            };
+            let snat_opener = toward
+                && e.hook == Hook::Egress
                 && is_exit(e.iface.kind)
                 && e.icmp.is_none()
                 && (t == super::Transport::Udp || e.tcp_flags.is_some_and(|f| f.is_syn()));
-            (snat_opener && dst == Some((t, e.dst, e.dport)))
-                || [
-                    Key::egress(t, e, false),
-                    Key::egress(t, e, true),
-                    Key::egress_snat(t, e, false),
-                    Key::egress_snat(t, e, true),
-                ]
-                .iter()
-                .any(|k| keys.contains(k))
+            snat_opener || ports.contains(&port)
         };
         if !self.pending.iter().any(concerns) {
             return;
