@@ -106,11 +106,13 @@ pub struct ObserveArgs {
     pub not_filters: Vec<Filter>,
 
     /// First print the kept verdicts decided in the last DURATION (e.g. 10m, 2h; the daemon
-    /// keeps the last 10000), then follow.
+    /// keeps the last 10000 failing and 10000 healthy ones, fewer at thousands a second), then
+    /// follow.
     #[arg(long, value_name = "DURATION", value_parser = parse_since)]
     pub since: Option<Duration>,
 
-    /// First print the last N matching verdicts the daemon kept (it keeps up to 10000);
+    /// First print the last N matching verdicts the daemon kept (up to 10000 failing and 10000
+    /// healthy ones);
     /// default 0 when following, 20 with --no-follow, all kept with --since.
     #[arg(long, value_name = "N")]
     pub last: Option<usize>,
@@ -252,7 +254,7 @@ impl ObserveArgs {
         let follow = !self.no_follow;
         let last = match (self.last, self.since, follow) {
             (Some(n), _, _) => n,
-            (None, Some(_), _) => HISTORY_LIMIT + EVENT_HISTORY_LIMIT,
+            (None, Some(_), _) => 2 * HISTORY_LIMIT + EVENT_HISTORY_LIMIT,
             (None, None, true) => 0,
             (None, None, false) => DEFAULT_LAST_NO_FOLLOW,
         };
@@ -618,7 +620,7 @@ mod tests {
         assert_eq!(parse(&["-o", "wide"]).output, Output::Wide);
         // --since: all kept lines of the period unless --last says otherwise.
         let r = parse(&["--since", "10m"]).request();
-        assert_eq!(r.last, HISTORY_LIMIT + EVENT_HISTORY_LIMIT);
+        assert_eq!(r.last, 2 * HISTORY_LIMIT + EVENT_HISTORY_LIMIT);
         let since: jiff::Timestamp = r.since.as_deref().expect("since").parse().expect("rfc3339");
         let ago = jiff::Timestamp::now().duration_since(since).as_secs_f64();
         assert!((599.0..=601.0).contains(&ago), "{ago}");
