@@ -429,7 +429,6 @@ async fn recv_or_pending_unbounded<T>(
     }
 }
 
-/// Reads every record waiting in the ring buffer.
 /// Reads the ring until it is empty or until everything it held when called has been read:
 /// `ring_bytes` of records, the most it can hold. Under a load the daemon cannot keep up
 /// with, the kernel refills the ring as fast as it is read; stopping there keeps the tick's
