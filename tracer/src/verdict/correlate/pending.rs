@@ -20,13 +20,16 @@ impl Correlator {
 
     /// Retries the pending events that involve `ip`, now that a flow of it opened.
     pub(super) fn replay_pending(&mut self, ip: IpAddr) {
-        if !self.pending.iter().any(|e| e.src == ip || e.dst == ip) {
+        self.replay_where(|e| e.src == ip || e.dst == ip);
+    }
+
+    /// Retries the pending events `concerns` picks; those still unmatched wait on.
+    fn replay_where(&mut self, concerns: impl Fn(&PacketEvent) -> bool) {
+        if !self.pending.iter().any(&concerns) {
             return;
         }
-        let (mine, rest): (Vec<PacketEvent>, Vec<PacketEvent>) = self
-            .pending
-            .drain(..)
-            .partition(|e| e.src == ip || e.dst == ip);
+        let (mine, rest): (Vec<PacketEvent>, Vec<PacketEvent>) =
+            self.pending.drain(..).partition(&concerns);
         self.pending = rest.into();
         for ev in mine {
             if self.route(&ev, Mode::Replay) == Routed::Unmatched {
@@ -76,17 +79,7 @@ impl Correlator {
                 && (t == super::Transport::Udp || e.tcp_flags.is_some_and(|f| f.is_syn()));
             snat_opener || ports.contains(&port)
         };
-        if !self.pending.iter().any(concerns) {
-            return;
-        }
-        let (mine, rest): (Vec<PacketEvent>, Vec<PacketEvent>) =
-            self.pending.drain(..).partition(concerns);
-        self.pending = rest.into();
-        for ev in mine {
-            if self.route(&ev, Mode::Replay) == Routed::Unmatched {
-                self.pending.push_back(ev);
-            }
-        }
+        self.replay_where(concerns);
     }
 
     /// Gives up on pending events older than `reorder` (all of them when `now` is None).
