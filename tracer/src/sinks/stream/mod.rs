@@ -57,9 +57,13 @@ use self::seen::Seen;
 pub const DEFAULT_SOCKET: &str = "/run/tracer/tracer.sock";
 
 /// Lines the broadcast channel holds for the slowest client before that client starts to miss
-/// lines (it is then told how many with a notice). The channel keeps the last this many lines
-/// whether or not anyone reads them: part of the daemon's memory at thousands of lines a second.
-pub const BROADCAST_CAPACITY: usize = 2048;
+/// lines (it is then told how many with a notice). The daemon publishes a tick's verdicts in
+/// one go (a window closing on thousands of queries at once), so a client that reads as fast
+/// as it can still needs room for a whole burst: with 2,048 a live client missed 82 lines of a
+/// 2,400-verdict burst. The channel keeps the last this many lines whether or not anyone reads
+/// them, but they are the same allocations as the newest lines of the history, so only lines
+/// the history already let go of (its memory bound, under floods) cost extra.
+pub const BROADCAST_CAPACITY: usize = 8192;
 /// Verdict lines kept for `--last`; the oldest is evicted first. Healthy lines (`answered`,
 /// `established`, summaries) and the others are kept apart, this many of each, so a flood of
 /// healthy connections cannot push the failures out.
