@@ -23,6 +23,10 @@ pub fn apiserver_available() -> bool {
     }
 }
 
+/// `tracer run` flags for one line per flow, healthy ones included (the default summarises
+/// answered queries and established connections): for tests that look at each flow's verdict.
+pub const PER_FLOW: [&str; 4] = ["--answered", "flows", "--established", "flows"];
+
 /// Brings the lab up, points kube-dns at `pin`, switches `failures` on and starts the tracer in
 /// node A with `args`. Bind the result as `let (guard, tracer) = …`: the tracer is then stopped
 /// before the lab is torn down.

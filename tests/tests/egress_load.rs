@@ -6,9 +6,12 @@
 //! called lost, rejected or dropped: a connection is `established`, or `unknown` with
 //! incomplete evidence when the kernel could not hand over its records (the machine's two CPUs
 //! are shared by client, kernel, daemon and this test, so at full rate it loses some; counted).
-//! Then, at a rate the debug build keeps up with, every connection must get exactly one
-//! `established`. (How many verdicts come out during the flood is printed, not asserted: it
-//! depends on the build and the machine; `cargo xtask bench` territory.)
+//! The flood runs with one line per connection (`--established flows`). Then, at a rate the
+//! debug build keeps up with and with the default output (`--established summary`), every
+//! connection must be counted exactly once as `established` with complete evidence: in the
+//! summary lines of default/client → 203.0.113.80:8081 via eth0, or on a line of its own. (How
+//! many verdicts come out during the flood is printed, not asserted: it depends on the build and
+//! the machine; `cargo xtask bench` territory.)
 //!
 //! Before: one connection in ~60 had no verdict at all, a reset after the handshake made one
 //! `rejected`, and at 8k connections a second the daemon stopped printing for 50 s while its
@@ -18,43 +21,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tracer_tests::{TracerProcess, lab, privileged};
+use xtask::egress_load::{connect, listen};
 
 const LOAD_S: u64 = 5;
 const PORT: u16 = 8081;
-
-/// Accepts and closes connections on 203.0.113.80:8081 until killed.
-const LISTENER: &str = r#"
-import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("203.0.113.80", 8081))
-s.listen(4096)
-print("listening", flush=True)
-while True:
-    c, _ = s.accept()
-    c.close()
-"#;
-
-/// Connects for `argv[1]` seconds (at most `argv[2]` times, `argv[3]` seconds apart), each
-/// connection closed with a reset; prints `connects <n> errors <m>`.
-const CLIENT: &str = r#"
-import socket, struct, sys, time
-end = time.time() + float(sys.argv[1])
-most = int(sys.argv[2]) if len(sys.argv) > 2 else 1 << 62
-pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0
-n = err = 0
-while time.time() < end and n + err < most:
-    time.sleep(pause)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    try:
-        s.connect(("203.0.113.80", 8081))
-        n += 1
-    except OSError:
-        err += 1
-    s.close()
-print("connects", n, "errors", err, flush=True)
-"#;
 
 fn ours(v: &Value) -> bool {
     v["schema"] == "tracer.flow/v1"
@@ -69,11 +39,16 @@ fn every_connection_of_an_egress_flood_gets_one_honest_verdict() {
         return;
     }
     let guard = lab::LabGuard::up().expect("lab up");
-    let mut listener =
-        lab::spawn_in(lab::NS_INET, &["python3", "-c", LISTENER]).expect("listener starts");
     let mut tracer = TracerProcess::start(
         lab::NS_NODE_A,
-        &["--window", "2s", "--stats-interval", "1s"],
+        &[
+            "--window",
+            "2s",
+            "--stats-interval",
+            "1s",
+            "--established",
+            "flows",
+        ],
     )
     .expect("tracer");
     let client = guard
@@ -81,38 +56,12 @@ fn every_connection_of_an_egress_flood_gets_one_honest_verdict() {
         .pod("default", "client")
         .expect("client")
         .clone();
-    // The listener is up once a first connection gets through.
-    let start = Instant::now();
-    loop {
-        let out = lab::exec_in(&client.netns, &["python3", "-c", CLIENT, "0.2"]).expect("client");
-        if String::from_utf8_lossy(&out.stdout).contains("connects 0 ") {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "listener never came up"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        break;
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    let warmup = tracer.lines().iter().filter(|v| ours(v)).count();
+    let mut listener = listen(None, PORT).expect("listener");
 
-    let out = lab::exec_in(
-        &client.netns,
-        &["python3", "-c", CLIENT, &LOAD_S.to_string()],
-    )
-    .expect("client runs");
-    let during = tracer.lines().iter().filter(|v| ours(v)).count() - warmup;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut words = text.split_whitespace();
-    let (connects, errors) = match (words.nth(1), words.nth(1)) {
-        (Some(n), Some(e)) => (
-            n.parse::<usize>().expect("n"),
-            e.parse::<usize>().expect("e"),
-        ),
-        _ => panic!("client output: {text}"),
-    };
+    let (connects, errors) =
+        connect(&client.netns, None, PORT, &[&LOAD_S.to_string()]).expect("client runs");
+    let (connects, errors) = (connects as usize, errors as usize);
+    let during = tracer.lines().iter().filter(|v| ours(v)).count();
     assert_eq!(
         errors, 0,
         "every connection must succeed for the test to mean anything"
@@ -124,7 +73,7 @@ fn every_connection_of_an_egress_flood_gets_one_honest_verdict() {
 
     // Every connection is decided within the reorder delay; the rest (unknown) within the
     // window and its hold. The daemon must not fall minutes behind.
-    let want = warmup + connects;
+    let want = connects;
     let start = Instant::now();
     while tracer.lines().iter().filter(|v| ours(v)).count() < want
         && start.elapsed() < Duration::from_secs(30)
@@ -175,41 +124,72 @@ fn every_connection_of_an_egress_flood_gets_one_honest_verdict() {
         );
     }
 
-    // Paced, after the loss margin: exactly one `established` per connection.
+    // Paced, after the loss margin, default output: each connection counted once.
     std::thread::sleep(Duration::from_secs(3));
-    let mut tracer = TracerProcess::start(lab::NS_NODE_A, &["--window", "2s"]).expect("tracer");
-    let mut listener =
-        lab::spawn_in(lab::NS_INET, &["python3", "-c", LISTENER]).expect("listener starts");
-    std::thread::sleep(Duration::from_secs(1));
-    let out = lab::exec_in(
-        &client.netns,
-        &["python3", "-c", CLIENT, "20", "400", "0.004"],
+    let topology = lab::topology_path().to_string_lossy().into_owned();
+    let mut tracer = TracerProcess::start(
+        lab::NS_NODE_A,
+        &[
+            "--window",
+            "2s",
+            "--summary-interval",
+            "2s",
+            "--lab-metadata",
+            &topology,
+        ],
     )
-    .expect("client runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        text.starts_with("connects 400 errors 0"),
-        "client output: {text}"
-    );
+    .expect("tracer");
+    let mut listener = listen(None, PORT).expect("listener");
+    let done = connect(&client.netns, None, PORT, &["20", "400", "0.004"]).expect("client runs");
+    assert_eq!(done, (400, 0), "connections made, failed");
+    let counted = |lines: &[Value]| -> u64 {
+        lines
+            .iter()
+            .filter(|v| ours(v))
+            .map(|v| v["count"].as_u64().unwrap_or(1))
+            .sum()
+    };
     let start = Instant::now();
-    while tracer.lines().iter().filter(|v| ours(v)).count() < 400
-        && start.elapsed() < Duration::from_secs(20)
-    {
+    while counted(&tracer.lines()) < 400 && start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(200));
     }
     tracer.stop().expect("tracer stops");
     let _ = listener.kill();
     let _ = listener.wait();
-    let verdicts: Vec<Value> = tracer.lines().into_iter().filter(ours).collect();
-    let established = verdicts
+    let lines: Vec<Value> = tracer.lines().into_iter().filter(ours).collect();
+    let (summaries, flows): (Vec<&Value>, Vec<&Value>) =
+        lines.iter().partition(|v| v["record"] == "summary");
+    for s in &summaries {
+        assert_eq!(s["kind"], "egress", "{s:#}");
+        assert_eq!(s["verdict"], "established", "{s:#}");
+        assert_eq!(s["evidence"], "complete", "{s:#}");
+        assert_eq!(s["transport"], "tcp", "{s:#}");
+        assert_eq!(s["client"]["ip"], client.ip.to_string(), "{s:#}");
+        assert_eq!(s["client"]["pod"], "client", "named by enrichment: {s:#}");
+        assert_eq!(s["client"]["namespace"], "default", "{s:#}");
+        assert_eq!(s["egress_interface"]["name"], "eth0", "{s:#}");
+        assert!(
+            s["latency_ms"]["p50"].as_f64().is_some_and(|ms| ms > 0.0),
+            "{s:#}"
+        );
+    }
+    let in_summaries: u64 = summaries.iter().filter_map(|v| v["count"].as_u64()).sum();
+    // A connection with something to say (a retransmitted SYN) keeps its own line.
+    let own_lines = flows
         .iter()
         .filter(|v| v["verdict"] == "established" && v["evidence"] == "complete")
-        .count();
+        .count() as u64;
     assert_eq!(
-        (verdicts.len(), established),
-        (400, 400),
-        "one complete `established` per connection; stderr:\n{}",
+        (flows.len() as u64, in_summaries + own_lines),
+        (own_lines, 400),
+        "each connection counted once as a complete `established` ({} summary lines, {own_lines} \
+         lines of their own); stderr:\n{}",
+        summaries.len(),
         tracer.stderr()
+    );
+    assert!(
+        in_summaries >= 390,
+        "healthy connections are summarised, not printed one by one: {in_summaries} of 400"
     );
     drop(guard);
 }

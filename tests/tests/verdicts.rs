@@ -20,8 +20,11 @@ struct Case {
 }
 
 fn setup(pin: lab::Pin, failures: &[lab::Failure]) -> Case {
-    let (guard, tracer) =
-        lab_with_tracer(pin, failures, &["--window", WINDOW, "--answered", "flows"]);
+    let (guard, tracer) = lab_with_tracer(
+        pin,
+        failures,
+        &[&["--window", WINDOW][..], &tracer_tests::PER_FLOW].concat(),
+    );
     let topo = guard.topology().clone();
     Case {
         _guard: guard,

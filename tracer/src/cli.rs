@@ -211,10 +211,18 @@ pub struct RunArgs {
     /// response code per --summary-interval (default), one verdict line per query (`flows`,
     /// costly at high rates), or nothing but metrics (`off`). Every other verdict is always one
     /// line per query or connection.
-    #[arg(long, value_enum, default_value_t = crate::daemon::pipeline::AnsweredMode::Summary)]
-    pub answered: crate::daemon::pipeline::AnsweredMode,
+    #[arg(long, value_enum, default_value_t = crate::daemon::pipeline::HealthyMode::Summary)]
+    pub answered: crate::daemon::pipeline::HealthyMode,
 
-    /// Interval of the answer summaries (at most 10s; flushed on exit too).
+    /// What established egress connections produce: one summary line per client pod,
+    /// destination ip:port, transport and exit interface per --summary-interval, with handshake
+    /// latency quantiles (default), one verdict line per connection (`flows`), or nothing but
+    /// metrics (`off`). A connection that needed a SYN retransmission, or whose evidence is
+    /// incomplete, always gets its own line, as does every failed one.
+    #[arg(long, value_enum, default_value_t = crate::daemon::pipeline::HealthyMode::Summary)]
+    pub established: crate::daemon::pipeline::HealthyMode,
+
+    /// Interval of the summaries of answers and connections (at most 10s; flushed on exit too).
     #[arg(long, default_value = "10s", value_parser = parse_summary_interval)]
     pub summary_interval: Duration,
 

@@ -43,29 +43,25 @@ fn dnsperf(load: Load<'_>) -> Result<Perf> {
     fs::write(&data, names.join("\n") + "\n").context("writing the query file")?;
     let secs = load.seconds.to_string();
     let data_s = data.to_string_lossy().into_owned();
-    let cpu = load.cpu.map(|c| c.to_string());
-    let pin: Vec<&str> = cpu
-        .as_deref()
-        .map_or_else(Vec::new, |c| vec!["taskset", "-c", c]);
+    let argv = on_cpu(
+        load.cpu,
+        &[
+            "dnsperf",
+            "-s",
+            "198.19.0.10",
+            "-d",
+            &data_s,
+            "-l",
+            &secs,
+            "-c",
+            "4",
+            "-q",
+            "200",
+        ],
+    );
     let out = lab::exec_in(
         load.netns,
-        &[
-            pin.as_slice(),
-            &[
-                "dnsperf",
-                "-s",
-                "198.19.0.10",
-                "-d",
-                &data_s,
-                "-l",
-                &secs,
-                "-c",
-                "4",
-                "-q",
-                "200",
-            ],
-        ]
-        .concat(),
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |label: &str| -> Option<f64> {
@@ -89,7 +85,7 @@ fn dnsperf(load: Load<'_>) -> Result<Perf> {
 }
 
 /// (user+system CPU seconds, peak RSS KiB) of a process.
-fn usage(pid: u32) -> Option<(f64, u64)> {
+pub(crate) fn usage(pid: u32) -> Option<(f64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit(')').next()?;
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -289,7 +285,8 @@ fn round_order(i: u32) -> [Kind; 3] {
     kinds
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (0 for none).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => 0.0,
@@ -298,23 +295,39 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The lab for a load benchmark: its guard, the client pod, and the number of CPUs.
+pub(crate) fn lab_for_load() -> Result<(lab::LabGuard, lab::Pod, usize)> {
+    let guard = lab::LabGuard::up()?;
+    let client = guard
+        .topology()
+        .pod("default", "client")
+        .context("client pod")?
+        .clone();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok((guard, client, cpus))
+}
+
+/// `argv` restricted to `cpu` with taskset (unchanged when `None`).
+pub(crate) fn on_cpu(cpu: Option<usize>, argv: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = match cpu {
+        Some(c) => vec!["taskset".into(), "-c".into(), c.to_string()],
+        None => Vec::new(),
+    };
+    out.extend(argv.iter().map(|a| (*a).to_owned()));
+    out
+}
+
 /// Runs the load benchmark: `pairs` rounds of a tracer-off, an empty-programs and a tracer-on
 /// window of `seconds` each (dnsperf and the replica pinned to CPUs of their own), then one
 /// tracer-on window with the daemon stopped (SIGSTOP) for 3 s in the middle, kernel run time of
 /// the tracer's and of the empty programs, then the idle cost. With `profile`, the tracer's kernel time in the statistics window is also broken down by
 /// source line. Prints the figures.
 pub fn run(seconds: u32, pairs: u32, profile: bool) -> Result<()> {
-    let guard = lab::LabGuard::up()?;
+    let (guard, client, cpus) = lab_for_load()?;
     lab::pin(lab::Pin::A)?;
-    let client = guard
-        .topology()
-        .pod("default", "client")
-        .context("client pod")?
-        .clone();
     // dnsperf and the replica on a CPU each: left to the scheduler, where it puts them changes
     // the throughput by up to ±8 % from one window to the next (measured), more than what is
     // measured here; pinned, by about ±1 %.
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = if cpus >= 2 {
         lab::pin_replica_cpu(lab::Replica::A, Some(cpus - 1))?;
         Some(0)

@@ -4,6 +4,7 @@
 pub mod apiserver;
 pub mod bench;
 pub mod demo;
+pub mod egress_load;
 pub mod image;
 pub mod lab;
 pub mod pod;

@@ -38,7 +38,12 @@ enum Command {
         /// dnsperf and the replica pinned to CPUs of their own.
         #[arg(long, value_name = "SECONDS")]
         load: Option<u32>,
-        /// Rounds (off/empty/on) of the load benchmark.
+        /// Also run the pod egress benchmark through the lab: rounds of tracer-off and
+        /// tracer-on windows of this many seconds, the order turning each round, with one pod
+        /// opening TCP connections as fast as it can.
+        #[arg(long, value_name = "SECONDS")]
+        egress: Option<u32>,
+        /// Rounds (off/empty/on, or off/on for --egress) of the load benchmarks.
         #[arg(long, default_value_t = 4)]
         pairs: u32,
         /// Skip the per-packet benchmark (BPF_PROG_TEST_RUN).
@@ -293,6 +298,7 @@ fn main() -> Result<()> {
         Command::Bench {
             packets,
             load,
+            egress,
             pairs,
             no_packets,
             profile,
@@ -315,10 +321,15 @@ fn main() -> Result<()> {
                     bail!("benchmark failed ({status})");
                 }
             }
-            if let Some(seconds) = load {
+            if load.is_some() || egress.is_some() {
                 // SAFETY: plain setenv before any thread is spawned by this process.
                 unsafe { std::env::set_var("TRACER_BIN", &bin) };
+            }
+            if let Some(seconds) = load {
                 xtask::bench::run(seconds, pairs, profile)?;
+            }
+            if let Some(seconds) = egress {
+                xtask::egress_load::run(seconds, pairs)?;
             }
             Ok(())
         }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 /// What an interface is, as far as the path of a flow is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum IfaceKind {
     /// Host side of a pod's veth (VPC CNI `eni*`/`vlan*`, Calico `cali*`, Cilium `lxc*`, `veth*`).

@@ -42,7 +42,7 @@ use crate::{
 use self::{
     budget::Budget,
     clock::mono_ns,
-    pipeline::{AnsweredMode, Pipeline},
+    pipeline::{HealthyMode, Pipeline},
     scope::Scope,
     tables::KernelTables,
 };
@@ -142,7 +142,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             grace_ns: ns(GRACE),
             slow_ns: ns(SLOW_ANSWER),
             // Packet events need every query handed over.
-            answered_flows: u32::from(answered == AnsweredMode::Flows || args.events),
+            answered_flows: u32::from(answered == HealthyMode::Flows || args.events),
             // Per CPU; only the peer service reads the ledger.
             ledger_slots: if args.peer_listen.is_some() {
                 let cpus = u32::try_from(crate::capture::load::possible_cpus()).unwrap_or(1);
@@ -204,6 +204,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         node.clone(),
     );
     p.window = window;
+    p.established = args.established;
     let peers = match (args.peer_listen, &args.peer_tls) {
         (Some(listen), Some(dir)) => {
             let ch = peering::start(
@@ -383,11 +384,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The programs are detached: nothing new comes, read all.
     drain(&mut ring, u64::MAX, &mut p, &mgr, &scope);
     sweep(&mut kt, &mut p, &capture, &mgr, &scope, now);
-    if let Some((start, end)) = kt.collect(&mut p.summaries) {
-        p.emit_summaries(start, end);
-    }
-    // Every open flow gets its say; verdicts still waiting for a peer go out as they are.
+    // Every open flow gets its say (healthy connections into the last summaries), then the
+    // last summaries go out; verdicts still waiting for a peer go out as they are.
     p.finish(mgr.hooks(), &|k| kt.flow(k));
+    let (start, end) = kt.collect(&mut p.summaries).unwrap_or((now, now));
+    p.emit_summaries(start, end);
     p.peer_expire(true);
     p.flush();
     log_counters(&capture, &mgr, &p, &kt);

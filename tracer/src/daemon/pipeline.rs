@@ -18,7 +18,7 @@ use crate::{
     sinks::{Output, Sinks},
     verdict::{
         Correlator, Direction, Evidence, FlowKind, Transport, Verdict, VerdictKind,
-        summary::{Summaries, Summary},
+        summary::{Summaries, Summary, SummaryGroup},
     },
 };
 use std::net::SocketAddr;
@@ -46,6 +46,8 @@ pub struct UserCounters {
     pub summaries: u64,
     /// Answers in summary lines.
     pub summarized_answers: u64,
+    /// Established egress connections in summary lines.
+    pub summarized_connections: u64,
     /// UDP egress flows not called lost because the kernel's flow table evicted their entry.
     pub egress_evicted: u64,
     /// Answers left out of the summaries because they count the replica's side of a branch-ENI
@@ -53,15 +55,16 @@ pub struct UserCounters {
     pub server_side_answers: u64,
 }
 
-/// What happens to healthy answers (`--answered`).
+/// What happens to healthy flows: DNS answers (`--answered`), established egress connections
+/// (`--established`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum AnsweredMode {
-    /// One summary line per client, replica, query type and response code per interval.
+pub enum HealthyMode {
+    /// One summary line per group per interval.
     #[default]
     Summary,
-    /// One verdict line per answered query (every answer goes through userspace).
+    /// One verdict line per flow.
     Flows,
-    /// No lines for answered queries (metrics still count them).
+    /// No lines (metrics still count them).
     Off,
 }
 
@@ -133,7 +136,9 @@ pub struct Pipeline {
     symbols: Box<dyn Symbols>,
     /// Counters.
     pub user: UserCounters,
-    answered: AnsweredMode,
+    answered: HealthyMode,
+    /// What established egress connections produce (`--established`).
+    pub established: HealthyMode,
     sinks: Sinks,
     /// The correlator (stage 3).
     pub correlator: Correlator,
@@ -164,7 +169,7 @@ impl Pipeline {
     pub fn new(
         own_netns: u32,
         symbols: Box<dyn Symbols>,
-        answered: AnsweredMode,
+        answered: HealthyMode,
         sinks: Sinks,
         correlator: Correlator,
         meta: MetaCache,
@@ -175,6 +180,7 @@ impl Pipeline {
             symbols,
             user: UserCounters::default(),
             answered,
+            established: HealthyMode::Summary,
             sinks,
             correlator,
             clock: Clock::new(),
@@ -341,6 +347,9 @@ impl Pipeline {
                 wall: &|t| clock.wall_rfc3339(t),
             };
             finalize(&mut v, &facts);
+            if self.established != HealthyMode::Flows && self.summaries.add_established(&v) {
+                continue;
+            }
             if let Some(park) = self.parking.as_mut()
                 && let Some(node) = park.peer_node(&v).map(str::to_owned)
             {
@@ -359,7 +368,11 @@ impl Pipeline {
     }
 
     fn publish_verdict(&mut self, v: Verdict) {
-        let shown = !(self.answered == AnsweredMode::Off && v.verdict == VerdictKind::Answered);
+        let shown = match v.verdict {
+            VerdictKind::Answered => self.answered != HealthyMode::Off,
+            VerdictKind::Established => self.established != HealthyMode::Off,
+            _ => true,
+        };
         self.sinks.publish(&Output::Verdict(v), shown);
     }
 
@@ -400,9 +413,18 @@ impl Pipeline {
                 clock.wall_rfc3339(t)
             });
             self.user.summaries += 1;
-            self.user.summarized_answers += s.count;
-            let shown = self.answered != AnsweredMode::Off;
-            self.sinks.publish(&Output::Summary(s), shown);
+            let mode = match s.kind {
+                FlowKind::Dns => {
+                    self.user.summarized_answers += s.count;
+                    self.answered
+                }
+                FlowKind::Egress => {
+                    self.user.summarized_connections += s.count;
+                    self.established
+                }
+            };
+            self.sinks
+                .publish(&Output::Summary(s), mode != HealthyMode::Off);
         }
     }
 
@@ -411,10 +433,13 @@ impl Pipeline {
     /// (conntrack), so each answer is summarised twice: under the pod's own origin, and under
     /// "host" for the side first seen at the replica's veth. The pod's own side is the one kept.
     fn server_side_of_a_branch_eni_pod(&self, s: &Summary) -> bool {
-        s.group.origin == Origin::Host
+        let SummaryGroup::Dns(g) = &s.group else {
+            return false;
+        };
+        g.origin == Origin::Host
             && self
                 .meta
-                .pod_by_ip(s.group.client)
+                .pod_by_ip(g.client)
                 .is_some_and(|p| p.is_pod_network_on(&self.node) && p.branch_eni().is_some())
     }
 

@@ -130,6 +130,14 @@ pub fn finalize_summary(s: &mut Summary, meta: &MetaCache, wall: &dyn Fn(u64) ->
     if !matches!(state, crate::enrich::CacheState::Disabled) {
         endpoint(&mut s.client, meta, false);
         endpoint(&mut s.server, meta, true);
+        if let Some(e) = s.egress_interface.as_mut()
+            && e.kind == IfaceKind::BranchEni
+            && let Some(p) = meta.pod_by_ip(s.client.ip)
+            && let Some(b) = meta.branch_eni(&p)
+        {
+            e.eni_id = Some(b.eni_id);
+            e.vlan = e.vlan.or(Some(b.vlan_id));
+        }
     }
     s.hint = crate::verdict::hint::summary(s);
 }

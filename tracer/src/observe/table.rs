@@ -61,7 +61,7 @@ pub enum Column {
     Where,
     /// DNS or connection latency; percentiles for a summary line.
     Latency,
-    /// Queries a summary line stands for.
+    /// Flows (queries, connections) a summary line stands for.
     Count,
     /// Terse facts: rcode and latency, drop reason and location, rejection, retries.
     Reason,
@@ -625,8 +625,9 @@ fn verdict_cells(v: &Value) -> Cells {
             Some(t) => format!("{q} {t}"),
             None => q.to_owned(),
         },
-        // A summary stands for many queries: say so, and through which Service.
-        _ if summary => match str_at(v, "server.service") {
+        // A DNS summary stands for many queries: say so, and through which Service. (An egress
+        // summary's destination is one ip:port, shown as for a connection.)
+        _ if summary && kind != Some("egress") => match str_at(v, "server.service") {
             Some(svc) => format!("* via {svc}"),
             None => "*".to_owned(),
         },

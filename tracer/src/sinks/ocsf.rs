@@ -20,7 +20,9 @@
 //! the verdict, `status_detail` the kernel drop reason (with location) or the hint, `message`
 //! the hint; `severity_id` 1 Informational on success, 3 Medium on failure (a workload could
 //! not reach something), 0 Unknown otherwise. `time` is epoch milliseconds of the verdict's
-//! `time` (omitted when absent or unparsable), `duration` the DNS latency in whole ms.
+//! `time` (omitted when absent or unparsable), `duration` the DNS latency in whole ms. A
+//! summary line (`record: summary`) also gets the base event's `count` and its interval as
+//! `start_time`/`end_time`.
 //! Endpoints carry `ip`, `port`, `name` (`namespace/pod`) and, for the server, `svc_name`
 //! (`namespace/service`); `device` is the node that reported. `unmapped` carries the original
 //! verdict, whole, so nothing is lost in translation.
@@ -261,6 +263,18 @@ pub fn to_ocsf(v: &Value) -> Value {
     if let Some(ms) = str_at(v, "time").and_then(epoch_ms) {
         o.insert("time".into(), json!(ms));
     }
+    // A summary line stands for `count` flows over its interval: the base event's `count`,
+    // `start_time` and `end_time`.
+    if str_at(v, "record") == Some("summary") {
+        if let Some(n) = field(v, "count").and_then(Value::as_u64) {
+            o.insert("count".into(), json!(n));
+        }
+        for (from, to) in [("time", "start_time"), ("end_time", "end_time")] {
+            if let Some(ms) = str_at(v, from).and_then(epoch_ms) {
+                o.insert(to.into(), json!(ms));
+            }
+        }
+    }
 
     let mut product = Map::new();
     product.insert("name".into(), json!("tracer"));
@@ -397,6 +411,45 @@ mod tests {
         assert_eq!(o["metadata"]["correlation_uid"], "k1");
         assert_eq!(o["device"]["hostname"], "ip-10-0-1-12");
         assert_eq!(o["unmapped"], dns("answered"));
+    }
+
+    /// Summary lines (both kinds, the docs examples) map to their class with the base event's
+    /// `count` and the interval as `start_time`/`end_time`.
+    #[test]
+    fn summaries_carry_their_count_and_interval() {
+        for (text, class, activity) in [
+            (
+                include_str!("../../../docs/examples/answered-summary.json"),
+                4003,
+                6,
+            ),
+            (
+                include_str!("../../../docs/examples/established-summary.json"),
+                4001,
+                1,
+            ),
+        ] {
+            let v: Value = serde_json::from_str(text).expect("json");
+            let o = to_ocsf(&v);
+            assert_eq!(
+                (o["class_uid"].clone(), o["activity_id"].clone()),
+                (json!(class), json!(activity))
+            );
+            assert_eq!(o["count"], v["count"]);
+            assert_eq!(o["start_time"], o["time"]);
+            assert_eq!(
+                o["end_time"]
+                    .as_i64()
+                    .zip(o["start_time"].as_i64())
+                    .map(|(e, s)| e - s),
+                Some(10_000)
+            );
+            assert_eq!(o["status"], "Success");
+        }
+        assert!(
+            to_ocsf(&dns("answered")).get("count").is_none(),
+            "a flow line has none"
+        );
     }
 
     #[test]

@@ -818,30 +818,58 @@ pub fn render(v: &Verdict) -> String {
     out
 }
 
-/// The hint of a summary line: who asked whom, how many answers, how fast.
+/// The hint of a summary line: who asked (or connected to) whom, how many flows, how fast.
 pub fn summary(s: &super::summary::Summary) -> String {
     let who = |e: &super::summary::SummaryEndpoint| match pod_name(&e.meta) {
         Some(p) => format!("pod {p} ({})", e.ip),
         None => e.ip.to_string(),
+    };
+    let lat = match (s.latency_ms.p50, s.latency_ms.p99) {
+        (Some(p50), Some(p99)) => format!(", p50 {p50} ms, p99 {p99} ms"),
+        _ => String::new(),
+    };
+    let Some(dns) = &s.dns else {
+        return egress_summary(s, &who(&s.client), &lat);
     };
     let server = match (&s.server.service, pod_name(&s.server.meta)) {
         (Some(_), Some(p)) => format!("CoreDNS replica {p} ({})", s.server.ip),
         (_, Some(p)) => format!("pod {p} ({})", s.server.ip),
         _ => format!("DNS server {}", s.server.ip),
     };
-    let qtype = s.dns.qtype.map_or("DNS".to_owned(), |q| q.to_string());
-    let lat = match (s.latency_ms.p50, s.latency_ms.p99) {
-        (Some(p50), Some(p99)) => format!(", p50 {p50} ms, p99 {p99} ms"),
-        _ => String::new(),
-    };
-    let what = if s.dns.rcode == Rcode::NOERROR {
+    let qtype = dns.qtype.map_or("DNS".to_owned(), |q| q.to_string());
+    let what = if dns.rcode == Rcode::NOERROR {
         "healthy answers".to_owned()
     } else {
-        format!("answers with {} (not a network failure)", s.dns.rcode)
+        format!("answers with {} (not a network failure)", dns.rcode)
     };
     format!(
         "{} {what} to {qtype} queries from {} by {server}{lat}.",
         s.count,
         who(&s.client)
+    )
+}
+
+/// `12 connections from pod shop/checkout (198.18.1.21) to 203.0.113.80:443 established via
+/// eth0, p50 1.2 ms, p99 3.1 ms.`
+fn egress_summary(s: &super::summary::Summary, client: &str, lat: &str) -> String {
+    let what = match (s.transport, s.count) {
+        (Transport::Tcp, 1) => "connection",
+        (Transport::Tcp, _) => "connections",
+        (_, 1) => "UDP flow",
+        _ => "UDP flows",
+    };
+    let dest = std::net::SocketAddr::new(s.server.ip, s.server.port.unwrap_or(0));
+    let server = match pod_name(&s.server.meta) {
+        Some(p) => format!("pod {p} ({dest})"),
+        None => dest.to_string(),
+    };
+    let via = s
+        .egress_interface
+        .as_ref()
+        .map(|e| format!(" via {}", e.name))
+        .unwrap_or_default();
+    format!(
+        "{} {what} from {client} to {server} established{via}{lat}.",
+        s.count
     )
 }

@@ -1,22 +1,32 @@
-//! Answer summaries: healthy DNS answers are counted in the kernel (count and latency histogram
-//! per client, replica, query type and response code) and printed as one line per group and
-//! interval instead of one line per query. Pure logic: the daemon reads the kernel's table and
-//! feeds it here.
+//! Summaries of healthy flows, one line per group and interval instead of one line per flow:
+//!
+//! - DNS answers are counted in the kernel (count and latency histogram per client, replica,
+//!   query type and response code); the daemon reads the kernel's table and feeds it here.
+//! - Established egress connections are decided per flow in userspace, as every egress flow
+//!   is; those that needed nothing worth a line of their own (complete evidence, no SYN
+//!   retransmission, nothing odd about their source) are counted here per client pod,
+//!   destination `ip:port`, transport and exit interface, with a histogram of their handshake
+//!   latency.
 //!
 //! A summary line is a `tracer.flow/v1` object with `"record": "summary"`, `"verdict":
-//! "answered"`, the number of answers it stands for in `count` and latency quantiles in
-//! `latency_ms` (see `docs/schema/flow-v1.json`).
+//! "answered"` (DNS) or `"established"` (egress), the number of flows it stands for in `count`
+//! and latency quantiles in `latency_ms` (see `docs/schema/flow-v1.json`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use serde::Serialize;
 use tracer_common::{LATENCY_BUCKETS, latency_bucket, latency_bucket_lower};
 
-use super::model::{Evidence, FlowKind, PodMeta, SCHEMA, Transport, VerdictKind};
-use crate::decode::{
-    event::{QType, Rcode},
-    record::{Origin, Summarized},
+use super::model::{
+    EgressInterface, Evidence, FlowKind, PodMeta, SCHEMA, Transport, Verdict, VerdictKind,
+};
+use crate::{
+    capture::iface::IfaceKind,
+    decode::{
+        event::{QType, Rcode},
+        record::{Origin, Summarized},
+    },
 };
 
 /// Latency histogram of a group of answers (the kernel's buckets).
@@ -61,8 +71,7 @@ impl Histogram {
         }
     }
 
-    /// Adds one answer.
-    #[cfg(test)]
+    /// Adds one flow.
     pub fn add(&mut self, latency_ns: u64) {
         self.count = self.count.saturating_add(1);
         self.sum_ns = self.sum_ns.saturating_add(latency_ns);
@@ -136,7 +145,7 @@ pub struct LatencyOut {
     pub max: Option<f64>,
 }
 
-/// Group of a summary.
+/// Group of a DNS summary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Group {
     /// Client address.
@@ -163,6 +172,50 @@ impl Group {
     }
 }
 
+/// Group of an egress summary: connections of one client to one destination through one exit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EgressGroup {
+    /// Client address (the pod's own, before SNAT).
+    pub client: IpAddr,
+    /// Server address (after DNAT, when a Service was in between).
+    pub server: IpAddr,
+    /// Server port.
+    pub port: u16,
+    /// Transport.
+    pub transport: Transport,
+    /// Exit interface: name, kind, VLAN (None: not seen leaving through an exit).
+    pub exit: Option<(String, IfaceKind, Option<u16>)>,
+    /// Kind of interface where the flows ended (the client's veth, as the per-flow lines'
+    /// `where.interface_kind` says; metrics label their verdict counts with it).
+    pub ended_at: Option<IfaceKind>,
+}
+
+impl EgressGroup {
+    /// The group of a per-flow egress verdict.
+    fn of(v: &Verdict) -> Self {
+        Self {
+            client: v.client.ip,
+            server: v.server.ip,
+            port: v.server.port,
+            transport: v.transport,
+            exit: v
+                .egress_interface
+                .as_ref()
+                .map(|e| (e.name.clone(), e.kind, e.vlan)),
+            ended_at: v.where_.interface_kind,
+        }
+    }
+}
+
+/// What a summary line counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SummaryGroup {
+    /// Healthy DNS answers.
+    Dns(Group),
+    /// Established egress connections.
+    Egress(EgressGroup),
+}
+
 /// DNS facts of a summary line.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SummaryDns {
@@ -179,6 +232,9 @@ pub struct SummaryDns {
 pub struct SummaryEndpoint {
     /// Address.
     pub ip: IpAddr,
+    /// Port (the server of an egress summary only: DNS summaries and clients span many).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// The Service the server was reached through, when enrichment knows it (server only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
@@ -187,7 +243,7 @@ pub struct SummaryEndpoint {
     pub meta: PodMeta,
 }
 
-/// One summary line: the healthy answers of one group over one interval.
+/// One summary line: the healthy flows of one group over one interval.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
     /// Always [`SCHEMA`].
@@ -204,23 +260,27 @@ pub struct Summary {
     pub end_ns: u64,
     /// Node name.
     pub node: String,
-    /// Always `dns`.
+    /// `dns` or `egress`.
     pub kind: FlowKind,
-    /// Always `udp`.
+    /// `udp` for DNS (DNS over TCP is reported per query); `tcp` or `udp` for egress.
     pub transport: Transport,
-    /// Always `answered`.
+    /// `answered` (DNS) or `established` (egress).
     pub verdict: VerdictKind,
-    /// Always `complete`: every answer counted was seen delivered.
+    /// Always `complete`: every answer counted was seen delivered, every connection's
+    /// handshake seen complete.
     pub evidence: Evidence,
-    /// Answers this line stands for.
+    /// Flows this line stands for.
     pub count: u64,
-    /// Their latencies.
+    /// Their latencies (DNS: query to answer delivered; egress: first packet to the first
+    /// reply delivered to the pod).
     pub latency_ms: LatencyOut,
-    /// Query type and response code.
-    pub dns: SummaryDns,
+    /// Query type and response code (null for egress).
+    pub dns: Option<SummaryDns>,
+    /// The interface the connections left through (null for DNS).
+    pub egress_interface: Option<EgressInterface>,
     /// The client.
     pub client: SummaryEndpoint,
-    /// The server (the replica after DNAT).
+    /// The server (DNS: the replica after DNAT; egress: the destination, with its port).
     pub server: SummaryEndpoint,
     /// State of Kubernetes metadata (see verdicts).
     pub enrichment: Option<String>,
@@ -228,7 +288,7 @@ pub struct Summary {
     pub hint: String,
     /// The group (not serialized).
     #[serde(skip)]
-    pub group: Group,
+    pub group: SummaryGroup,
     /// The histogram (not serialized; metrics read it).
     #[serde(skip)]
     pub histogram: Histogram,
@@ -237,16 +297,35 @@ pub struct Summary {
 /// Bound on groups per interval (the kernel's table is bounded too; this only guards memory).
 pub const MAX_GROUPS: usize = 65_536;
 
-/// Answers of the current interval, by group, and answers to take back out.
+/// Healthy flows of the current interval, by group, and DNS answers to take back out.
 #[derive(Debug, Default)]
 pub struct Summaries {
     current: BTreeMap<Group, Histogram>,
+    /// Established egress connections of the current interval.
+    egress: HashMap<EgressGroup, Histogram>,
     /// Answers counted by the kernel and found undelivered afterwards, not yet subtracted.
     retract: BTreeMap<Group, Vec<u64>>,
     /// Retractions that found nothing to subtract from (counted).
     pub unmatched_retractions: u64,
     /// Groups dropped because [`MAX_GROUPS`] was reached (counted).
     pub dropped_groups: u64,
+}
+
+/// Whether an egress verdict says nothing a summary would not: established with complete
+/// evidence, at the first SYN (a retransmitted SYN means a packet was lost somewhere: worth a
+/// line), its latency known, its source the pod's own, no node counter or peer bearing on it.
+pub fn summarizable(v: &Verdict) -> bool {
+    v.kind == FlowKind::Egress
+        && v.verdict == VerdictKind::Established
+        && v.evidence == Evidence::Complete
+        && v.evidence_note.is_none()
+        && v.related_keys.is_empty()
+        && v.client.veth_pod.is_none()
+        && v.node_signals.is_empty()
+        && v.peer.is_none()
+        && v.egress
+            .as_ref()
+            .is_some_and(|e| e.retries == 0 && e.latency_ms.is_some_and(|ms| ms >= 0.0))
 }
 
 impl Summaries {
@@ -262,6 +341,27 @@ impl Summaries {
             .add_counts(count, sum_ns, buckets);
     }
 
+    /// Counts an established egress connection into the current interval when
+    /// [`summarizable`]. `false`: it was not counted (not summarizable, or [`MAX_GROUPS`]
+    /// destinations already this interval) and needs a line of its own.
+    pub fn add_established(&mut self, v: &Verdict) -> bool {
+        if !summarizable(v) {
+            return false;
+        }
+        let Some(ms) = v.egress.as_ref().and_then(|e| e.latency_ms) else {
+            return false;
+        };
+        let group = EgressGroup::of(v);
+        if !self.egress.contains_key(&group) && self.egress.len() >= MAX_GROUPS {
+            return false;
+        }
+        self.egress
+            .entry(group)
+            .or_default()
+            .add((ms * 1e6).round() as u64);
+        true
+    }
+
     /// An answer counted in a summary was not delivered after all: take it out of the interval
     /// it is (or will be) in.
     pub fn retract(&mut self, s: &Summarized) {
@@ -273,10 +373,11 @@ impl Summaries {
         }
     }
 
-    /// Ends the interval `[start_ns, end_ns)`: one line per group with answers.
+    /// Ends the interval `[start_ns, end_ns)`: one line per group with flows (DNS first,
+    /// then egress ordered by client, server and port).
     pub fn take(&mut self, node: &str, start_ns: u64, end_ns: u64) -> Vec<Summary> {
         let groups = std::mem::take(&mut self.current);
-        let mut out = Vec::with_capacity(groups.len());
+        let mut out = Vec::with_capacity(groups.len() + self.egress.len());
         for (group, mut h) in groups {
             if let Some(list) = self.retract.get_mut(&group) {
                 list.retain(|lat| !h.remove(*lat));
@@ -287,18 +388,75 @@ impl Summaries {
             if h.count == 0 {
                 continue;
             }
-            out.push(summary(node, group, h, start_ns, end_ns));
+            out.push(line(node, SummaryGroup::Dns(group), h, start_ns, end_ns));
         }
         // A retraction whose answer is in no interval any more is only counted.
         let stale: u64 = self.retract.values().map(|v| v.len() as u64).sum();
         self.unmatched_retractions = self.unmatched_retractions.saturating_add(stale);
         self.retract.clear();
+
+        let mut egress: Vec<(EgressGroup, Histogram)> = std::mem::take(&mut self.egress)
+            .into_iter()
+            .filter(|(_, h)| h.count > 0)
+            .collect();
+        egress.sort_by(|(a, _), (b, _)| {
+            (a.client, a.server, a.port, a.transport, &a.exit).cmp(&(
+                b.client,
+                b.server,
+                b.port,
+                b.transport,
+                &b.exit,
+            ))
+        });
+        out.extend(
+            egress
+                .into_iter()
+                .map(|(group, h)| line(node, SummaryGroup::Egress(group), h, start_ns, end_ns)),
+        );
         out
     }
 }
 
-fn summary(node: &str, group: Group, h: Histogram, start_ns: u64, end_ns: u64) -> Summary {
-    let qtype = (group.qtype != 0).then_some(QType(group.qtype));
+fn endpoint(ip: IpAddr, port: Option<u16>) -> SummaryEndpoint {
+    SummaryEndpoint {
+        ip,
+        port,
+        service: None,
+        meta: PodMeta::default(),
+    }
+}
+
+/// The line of one group's flows over `[start_ns, end_ns)` (names and hint come later).
+fn line(node: &str, group: SummaryGroup, h: Histogram, start_ns: u64, end_ns: u64) -> Summary {
+    let (kind, transport, verdict, dns, egress_interface, client, server) = match &group {
+        SummaryGroup::Dns(g) => (
+            FlowKind::Dns,
+            Transport::Udp,
+            VerdictKind::Answered,
+            Some(SummaryDns {
+                qtype: (g.qtype != 0).then_some(QType(g.qtype)),
+                rcode: Rcode(g.rcode),
+                transport: Transport::Udp,
+            }),
+            None,
+            endpoint(g.client, None),
+            endpoint(g.server, None),
+        ),
+        SummaryGroup::Egress(g) => (
+            FlowKind::Egress,
+            g.transport,
+            VerdictKind::Established,
+            None,
+            g.exit.clone().map(|(name, kind, vlan)| EgressInterface {
+                name,
+                kind,
+                vlan,
+                eni_id: None,
+            }),
+            endpoint(g.client, None),
+            endpoint(g.server, Some(g.port)),
+        ),
+    };
     Summary {
         schema: SCHEMA,
         record: "summary",
@@ -307,27 +465,16 @@ fn summary(node: &str, group: Group, h: Histogram, start_ns: u64, end_ns: u64) -
         start_ns,
         end_ns,
         node: node.to_owned(),
-        kind: FlowKind::Dns,
-        transport: Transport::Udp,
-        verdict: VerdictKind::Answered,
+        kind,
+        transport,
+        verdict,
         evidence: Evidence::Complete,
         count: h.count,
         latency_ms: h.latency(),
-        dns: SummaryDns {
-            qtype,
-            rcode: Rcode(group.rcode),
-            transport: Transport::Udp,
-        },
-        client: SummaryEndpoint {
-            ip: group.client,
-            service: None,
-            meta: PodMeta::default(),
-        },
-        server: SummaryEndpoint {
-            ip: group.server,
-            service: None,
-            meta: PodMeta::default(),
-        },
+        dns,
+        egress_interface,
+        client,
+        server,
         enrichment: None,
         hint: String::new(),
         group,
@@ -386,8 +533,9 @@ mod tests {
         let out = s.take("node-a", 0, 10);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].count, 2);
-        assert_eq!(out[0].dns.qtype, Some(QType::A));
-        assert_eq!(out[0].dns.rcode, Rcode::NOERROR);
+        let dns = out[0].dns.as_ref().expect("dns facts");
+        assert_eq!(dns.qtype, Some(QType::A));
+        assert_eq!(dns.rcode, Rcode::NOERROR);
         let v = serde_json::to_value(&out[0]).expect("json");
         assert_eq!(v["record"], "summary");
         assert_eq!(v["verdict"], "answered");

@@ -2334,12 +2334,7 @@ fn docs_examples_are_current() {
             sum_ns,
             &buckets,
         );
-        let mut line = sums
-            .take("node-a", 1_001_000_000_000, 1_011_000_000_000)
-            .remove(0);
-        line.time = Some("2026-11-24T02:10:00.000000Z".into());
-        line.end_time = Some("2026-11-24T02:10:10.000000Z".into());
-        line.enrichment = Some("ready".into());
+        let mut line = example_summary(&mut sums);
         line.client.meta = PodMeta {
             pod: Some("checkout-6c9f8d7b5-q2w4e".into()),
             namespace: Some("shop".into()),
@@ -2356,19 +2351,32 @@ fn docs_examples_are_current() {
             labels: None,
         };
         line.hint = super::hint::summary(&line);
-        let pretty = serde_json::to_string_pretty(&line).unwrap() + "\n";
-        check_schema(&serde_json::to_value(&line).unwrap());
-        let path = dir.join("answered-summary.json");
-        if update {
-            std::fs::write(&path, &pretty).unwrap();
-        } else {
-            assert_eq!(
-                std::fs::read_to_string(&path).unwrap_or_default(),
-                pretty,
-                "{} is stale (run with TRACER_UPDATE_EXAMPLES=1)",
-                path.display()
-            );
+        write_or_check(&dir.join("answered-summary.json"), &line, update);
+    }
+    // The summary line of established egress connections: the example's connection and
+    // 1,199 more like it to the same destination, through the same exit.
+    {
+        let (_, established) = examples()
+            .into_iter()
+            .find(|(n, _)| *n == "established")
+            .expect("the established example");
+        let mut sums = super::summary::Summaries::default();
+        for i in 0..1200u32 {
+            let mut v = established.clone();
+            let ms = match i % 100 {
+                0 => 48.0,
+                1..=9 => 6.5,
+                _ => 2.9 + f64::from(i % 7) / 10.0,
+            };
+            if let Some(e) = v.egress.as_mut() {
+                e.latency_ms = Some(ms);
+            }
+            assert!(sums.add_established(&v), "summarizable: {v:#?}");
         }
+        let mut line = example_summary(&mut sums);
+        line.client.meta = established.client.meta.clone();
+        line.hint = super::hint::summary(&line);
+        write_or_check(&dir.join("established-summary.json"), &line, update);
     }
     let path = dir.join("flows.jsonl");
     if update {
@@ -2397,6 +2405,167 @@ fn docs_examples_are_current() {
         for d in &docs {
             check_schema(d);
         }
+    }
+}
+
+/// An established connection is summarised only when its line would say nothing more than
+/// the summary does; each summary line validates, and the schema refuses a summary that mixes
+/// the two kinds' fields.
+#[test]
+fn only_plain_established_connections_are_summarised() {
+    let (_, established) = examples()
+        .into_iter()
+        .find(|(n, _)| *n == "established")
+        .expect("the established example");
+    let mut sums = super::summary::Summaries::default();
+    assert!(sums.add_established(&established));
+    let not = |f: &dyn Fn(&mut Verdict)| {
+        let mut v = established.clone();
+        f(&mut v);
+        v
+    };
+    let refused = [
+        (
+            "a retransmitted SYN",
+            not(&|v| v.egress.as_mut().unwrap().retries = 1),
+        ),
+        (
+            "incomplete evidence",
+            not(&|v| {
+                v.evidence = Evidence::Incomplete;
+                v.evidence_note = Some("events may have been lost".into());
+            }),
+        ),
+        (
+            "a source that is not the veth's pod",
+            not(&|v| v.client.veth_pod = Some("shop/other".into())),
+        ),
+        (
+            "no latency",
+            not(&|v| v.egress.as_mut().unwrap().latency_ms = None),
+        ),
+        ("a DNS answer", examples().remove(0).1),
+        (
+            "a rejected connection",
+            examples()
+                .into_iter()
+                .find(|(n, _)| *n == "rejected")
+                .unwrap()
+                .1,
+        ),
+    ];
+    for (what, v) in &refused {
+        assert!(!sums.add_established(v), "{what} must keep its own line");
+    }
+    // A second destination is a second line; the first counts one connection.
+    assert!(sums.add_established(&not(&|v| v.server.port = 443)));
+    let lines = sums.take("node-a", 0, 10);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| (l.server.port, l.count))
+            .collect::<Vec<_>>(),
+        [(Some(80), 1), (Some(443), 1)]
+    );
+    for l in &lines {
+        let j = serde_json::to_value(l).unwrap();
+        check_schema(&j);
+        assert_eq!(j["kind"], "egress");
+        assert_eq!(j["verdict"], "established");
+        assert_eq!(j["egress_interface"]["name"], "eth0");
+        let mut wrong = j.clone();
+        wrong["verdict"] = json!("answered");
+        assert!(
+            !validator().is_valid(&wrong),
+            "egress summary saying answered"
+        );
+        let mut wrong = j.clone();
+        wrong["dns"] = json!({"qtype": "A", "rcode": "NOERROR", "transport": "udp"});
+        assert!(
+            !validator().is_valid(&wrong),
+            "egress summary with DNS facts"
+        );
+        let mut wrong = j.clone();
+        wrong["server"].as_object_mut().unwrap().remove("port");
+        assert!(
+            !validator().is_valid(&wrong),
+            "egress summary without a port"
+        );
+    }
+    assert!(
+        sums.take("node-a", 10, 20).is_empty(),
+        "nothing carried over"
+    );
+    // Metrics count a summarised connection as they count its per-flow line.
+    let m = crate::sinks::metrics::Metrics::new();
+    m.record(&crate::sinks::Output::Verdict(established.clone()));
+    m.record(&crate::sinks::Output::Summary(lines[0].clone()));
+    let text = m.render();
+    assert!(
+        text.contains(
+            r#"tracer_verdicts_total{verdict="established",kind="egress",reason="",interface_kind="pod_veth"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("tracer_dns_answers_total{"), "{text}");
+}
+
+/// The README's whole JSON lines (not its excerpts) are docs examples, value for value, so they
+/// go stale with them and fail here.
+#[test]
+fn readme_json_lines_are_docs_examples() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+    let examples: Vec<Value> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect();
+    let readme = include_str!("../../../README.md");
+    let mut whole = 0;
+    for block in readme.split("```json\n").skip(1) {
+        let body = block.split("\n```").next().unwrap_or_default();
+        let Ok(v) = serde_json::from_str::<Value>(body) else {
+            continue; // an excerpt
+        };
+        if v.get("schema").is_none() {
+            continue; // a packet event
+        }
+        assert!(
+            examples.contains(&v),
+            "README shows a line that is no docs example (stale?): {body}"
+        );
+        whole += 1;
+    }
+    assert!(whole >= 2, "README's whole example lines: {whole}");
+}
+
+/// The one line `sums` holds, over the interval and with the times the examples show.
+fn example_summary(sums: &mut super::summary::Summaries) -> super::summary::Summary {
+    let mut line = sums
+        .take("node-a", 1_001_000_000_000, 1_011_000_000_000)
+        .remove(0);
+    line.time = Some("2026-11-24T02:10:00.000000Z".into());
+    line.end_time = Some("2026-11-24T02:10:10.000000Z".into());
+    line.enrichment = Some("ready".into());
+    line
+}
+
+/// Writes `line` (pretty, as the daemon orders its fields) to `path`, or checks that `path`
+/// holds it; validates it against the schema either way.
+fn write_or_check(path: &std::path::Path, line: &impl serde::Serialize, update: bool) {
+    let pretty = serde_json::to_string_pretty(line).unwrap() + "\n";
+    check_schema(&serde_json::to_value(line).unwrap());
+    if update {
+        std::fs::write(path, &pretty).unwrap();
+    } else {
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap_or_default(),
+            pretty,
+            "{} is stale (run with TRACER_UPDATE_EXAMPLES=1)",
+            path.display()
+        );
     }
 }
 

@@ -287,6 +287,28 @@ fn rows_show_problems_with_their_hint_and_summaries_with_their_count() {
     assert!(row.contains("[evidence incomplete]"), "{row}");
 }
 
+/// The daemon's egress summary line (the docs example): one row naming the destination
+/// `ip:port/transport` (not `*` as for a DNS summary), the count and the handshake percentiles,
+/// no hint (healthy).
+#[test]
+fn an_egress_summary_row_names_its_destination_count_and_percentiles() {
+    let text = include_str!("../../../../docs/examples/established-summary.json");
+    let v: Value = serde_json::from_str(text).expect("json");
+    let row = Layout::table(Some(200), false).row(&v);
+    assert!(
+        !row.contains('↳'),
+        "no hint line for healthy connections: {row}"
+    );
+    assert!(row.contains("203.0.113.80:80/tcp"), "{row}");
+    assert!(row.contains("×1200"), "{row}");
+    assert!(
+        row.contains("p50 3.67ms") && row.contains("p99 7.34ms"),
+        "{row}"
+    );
+    assert!(row.contains("established"), "{row}");
+    assert!(!row.contains("* via"), "{row}");
+}
+
 #[test]
 fn summary_line_is_tolerated_everywhere() {
     // A hand-written healthy-DNS summary line: no ports, no path, no key, percentiles.

@@ -244,22 +244,35 @@ impl Metrics {
         }
     }
 
-    /// Counts the answers of a summary line: verdict counter, rcode counter and the latency
-    /// histogram of its replica.
+    /// Counts the flows of a summary line: verdict counter; for DNS also the rcode counter and
+    /// the latency histogram of its replica.
     fn record_summary(&self, s: &crate::verdict::summary::Summary) {
+        use crate::verdict::summary::SummaryGroup;
         let labels = VerdictLabels {
-            verdict: "answered".into(),
-            kind: "dns".into(),
+            verdict: s.verdict.as_str().into(),
+            kind: match s.kind {
+                crate::verdict::FlowKind::Dns => "dns",
+                crate::verdict::FlowKind::Egress => "egress",
+            }
+            .into(),
             reason: String::new(),
-            interface_kind: String::new(),
+            // As the per-flow lines of the same flows are labelled (where they ended).
+            interface_kind: match &s.group {
+                SummaryGroup::Egress(g) => g.ended_at.map(|k| k.as_str()).unwrap_or_default(),
+                SummaryGroup::Dns(_) => "",
+            }
+            .into(),
         };
         self.inner.verdicts.get_or_create(&labels).inc_by(s.count);
+        let Some(dns) = &s.dns else {
+            return;
+        };
         let server = label(&replica_label(&s.server.meta, s.server.ip));
         self.inner
             .dns_answers
             .get_or_create(&RcodeLabels {
                 server: server.clone(),
-                rcode: s.dns.rcode.to_string(),
+                rcode: dns.rcode.to_string(),
             })
             .inc_by(s.count);
         let hist = self
