@@ -169,7 +169,7 @@ pub fn run(seconds: u32, rounds: u32) -> Result<()> {
         "false",
         "cpu %",
         "rss MiB",
-        "out B/c",
+        "out KiB",
         "k-lost"
     );
     let mut ratios = Vec::new();
@@ -228,7 +228,7 @@ pub fn run(seconds: u32, rounds: u32) -> Result<()> {
                 a.false_verdicts,
                 cpu,
                 after.1 as f64 / 1024.0,
-                a.bytes as f64 / n.max(1) as f64,
+                a.bytes as f64 / 1024.0,
                 k_lost
             );
             if errors > 0 {

@@ -3549,20 +3549,103 @@ fn a_snat_copy_joins_only_a_pod_sighting_stamped_before_it() {
 /// A connection whose SYN-ACK reached the client, then closed with a reset (SO_LINGER 0) that
 /// the server answered with a reset of its own, all within the reorder delay: `established`,
 /// not `rejected` (seen in the lab at thousands of connections a second).
-#[test]
-fn a_reset_after_the_handshake_does_not_make_it_rejected() {
-    let steps = evs(vec![
-        tcp(0.0, Hook::Ingress, client_veth(), &c(43_928), WEB, "SYN"),
-        tcp(0.01, Hook::Egress, eth0(), &snat(47_515), WEB, "SYN"),
-        tcp(0.02, Hook::Ingress, eth0(), WEB, &snat(47_515), "SYN|ACK"),
+/// The handshake of a connection from pod port 43928 to WEB starting at `at` ms, SNATed to
+/// `snat_port`: SYN at the veth and after SNAT, SYN-ACK at the uplink and delivered.
+fn handshake(at: f64, snat_port: u16) -> Vec<PacketEvent> {
+    vec![
+        tcp(at, Hook::Ingress, client_veth(), &c(43_928), WEB, "SYN"),
         tcp(
-            0.023,
+            at + 0.01,
+            Hook::Egress,
+            eth0(),
+            &snat(snat_port),
+            WEB,
+            "SYN",
+        ),
+        tcp(
+            at + 0.02,
+            Hook::Ingress,
+            eth0(),
+            WEB,
+            &snat(snat_port),
+            "SYN|ACK",
+        ),
+        tcp(
+            at + 0.023,
             Hook::Egress,
             client_veth(),
             WEB,
             &c(43_928),
             "SYN|ACK",
         ),
+    ]
+}
+
+/// One pod port used by three connections in turn (each closed with a reset, so the kernel
+/// may hand the port out again at once; at thousands of connections a second it does, within
+/// milliseconds): three verdicts. The second SYN arrives while the first flow still waits out
+/// its reorder delay, the third after the first flow was decided (its tombstone still stands),
+/// and SNAT gives the third the second's port. Each SYN after the previous connection's
+/// handshake was delivered is a new connection, not a late packet of the old one.
+#[test]
+fn a_pod_port_reused_at_once_gets_a_verdict_per_connection() {
+    let conn = |at: f64, snat_port: u16| {
+        let mut evs = handshake(at, snat_port);
+        evs.extend([
+            tcp(
+                at + 0.05,
+                Hook::Ingress,
+                client_veth(),
+                &c(43_928),
+                WEB,
+                "RST|ACK",
+            ),
+            tcp(
+                at + 0.06,
+                Hook::Egress,
+                eth0(),
+                &snat(snat_port),
+                WEB,
+                "RST|ACK",
+            ),
+        ]);
+        evs
+    };
+    let mut steps = evs([conn(0.0, 51_001), conn(1.0, 51_002)].concat());
+    steps.push(Step::Poll(150.0));
+    steps.extend(evs(conn(160.0, 51_002)));
+    let (verdicts, stats) = run_steps(Config::new("node-a"), &steps, 8000.0, true);
+    let v: Vec<Value> = verdicts.iter().map(to_json).collect();
+    let got: Vec<(&str, &str, f64)> = v
+        .iter()
+        .map(|v| {
+            (
+                v["verdict"].as_str().unwrap_or_default(),
+                v["evidence"].as_str().unwrap_or_default(),
+                v["egress"]["snat_port"].as_f64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("established", "complete", 51_001.0),
+            ("established", "complete", 51_002.0),
+            ("established", "complete", 51_002.0),
+        ],
+        "{v:#?}"
+    );
+    for v in &v {
+        assert_eq!(v["egress"]["retries"], 0, "{v:#}");
+        assert!(v["path"].as_array().is_some_and(|p| p.len() >= 4), "{v:#}");
+    }
+    assert_eq!(stats.late_events, 0, "no SYN taken for a late packet");
+}
+
+#[test]
+fn a_reset_after_the_handshake_does_not_make_it_rejected() {
+    let mut steps = handshake(0.0, 47_515);
+    steps.extend([
         tcp(
             4.23,
             Hook::Ingress,
@@ -3575,7 +3658,7 @@ fn a_reset_after_the_handshake_does_not_make_it_rejected() {
         tcp(4.307, Hook::Ingress, eth0(), WEB, &snat(47_515), "RST"),
         tcp(4.312, Hook::Egress, client_veth(), WEB, &c(43_928), "RST"),
     ]);
-    let (verdicts, _) = run_steps(Config::new("node-a"), &steps, 8000.0, true);
+    let (verdicts, _) = run_steps(Config::new("node-a"), &evs(steps), 8000.0, true);
     let v: Vec<Value> = verdicts.iter().map(to_json).collect();
     assert_eq!(v.len(), 1);
     assert_eq!(v[0]["verdict"], "established", "{}", v[0]);

@@ -3,6 +3,7 @@
 
 use crate::decode::event::{Hook, IfaceKind, PacketEvent, Proto, TcpFlags};
 
+use super::super::decide::Closing;
 use super::super::flow::{Attempt, AttemptKind, Flow, Key, is_exit};
 use super::super::model::{Direction, FlowKind, Transport};
 use super::{Assign, Correlator, Mode, NatMatch, Routed, assign, transport};
@@ -13,14 +14,37 @@ impl Correlator {
             return Routed::Done;
         };
         let flags = ev.tcp_flags.unwrap_or_default();
-        if let Some((fid, dir)) = self.find_egress(t, ev, flags) {
-            return self.egress_into(fid, ev, dir, false);
-        }
         let fwd = Key::egress(t, ev, false);
         let rev = Key::egress(t, ev, true);
-        if self.is_late(&fwd, ev.ts_ns, Direction::Request)
-            || self.is_late(&rev, ev.ts_ns, Direction::Response)
-        {
+        let late = |c: &Self| {
+            c.is_late(&fwd, ev.ts_ns, Direction::Request)
+                || c.is_late(&rev, ev.ts_ns, Direction::Response)
+        };
+        let mut reopened = false;
+        if let Some((fid, dir)) = self.find_egress(t, ev, flags) {
+            let syn = t == Transport::Tcp && flags.is_syn() && !flags.is_synack();
+            let flow = self.flows.get(&fid);
+            if syn
+                && dir == Direction::Request
+                && ev.hook != Hook::Drop
+                && flow.is_some_and(|f| f.complete_at.is_some_and(|c| ev.ts_ns > c))
+            {
+                // A SYN after the flow's handshake was over is a new connection on its tuple:
+                // the pod reused the port at once (a reset leaves no TIME_WAIT), or SNAT gave
+                // the port out again. The old flow's verdict goes out now; this one opens its
+                // own flow below.
+                self.close_now(fid);
+                reopened = true;
+            } else if !syn && flow.is_some_and(|f| ev.ts_ns < f.first_ts) && late(self) {
+                // Older than the flow it found, and the tuple's previous flow (closed when
+                // this one opened) claims it: that flow's late packet.
+                self.stats.late_events += 1;
+                return Routed::Done;
+            } else {
+                return self.egress_into(fid, ev, dir, false);
+            }
+        }
+        if !reopened && late(self) {
             self.stats.late_events += 1;
             return Routed::Done;
         }
@@ -55,6 +79,15 @@ impl Correlator {
             return Routed::Done;
         }
         Routed::Unmatched
+    }
+
+    /// Closes flow `fid` now; its verdict goes out at the next poll.
+    fn close_now(&mut self, fid: u64) {
+        if let Some(flow) = self.flows.remove(&fid)
+            && let Some(v) = self.finish(fid, flow, Closing::Normal)
+        {
+            self.ready.push(v);
+        }
     }
 
     pub(super) fn find_egress(
