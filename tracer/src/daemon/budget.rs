@@ -17,6 +17,9 @@ const DNS_SLOT_BYTES: u64 = core::mem::size_of::<tracer_common::DnsSlot>() as u6
 const SUMMARY_ENTRY_BYTES: u64 = 40 + 208 + 64;
 /// Kernel memory per delivery ledger slot (an array element, no overhead).
 const LEDGER_SLOT_BYTES: u64 = 32;
+/// Userspace memory per group of the egress summaries: its key (addresses, port, exit
+/// interface) and a 48-bucket latency histogram in a hash map.
+const EGRESS_GROUP_BYTES: u64 = 640;
 /// Userspace memory per open flow, typical (a flow with retries may take up to ~8.6 KiB; the
 /// table holds few of those).
 const FLOW_BYTES: u64 = 2048;
@@ -42,6 +45,9 @@ pub struct Budget {
     /// Facts of handed-over queries from other nodes kept for peers (≈ 5 %; peer service
     /// only).
     pub peer_facts: usize,
+    /// Destinations (client, server ip:port, transport, exit) the egress summaries count per
+    /// interval (≈ 2 %); connections to more get lines of their own.
+    pub egress_groups: usize,
 }
 
 impl Budget {
@@ -56,6 +62,7 @@ impl Budget {
             max_flows: share(15, FLOW_BYTES, 1024, 1 << 18) as usize,
             ledger_slots: share(10, LEDGER_SLOT_BYTES, 4096, 1 << 22) as u32,
             peer_facts: share(5, crate::peer::ledger::ENTRY_BYTES as u64, 1024, 1 << 18) as usize,
+            egress_groups: share(2, EGRESS_GROUP_BYTES, 1024, 1 << 16) as usize,
         }
     }
 
@@ -136,6 +143,7 @@ mod tests {
         assert_eq!(b.max_flows, 19_660);
         assert_eq!(b.ledger_slots, 838_860);
         assert_eq!(b.peer_facts, 41_943);
+        assert_eq!(b.egress_groups, 8_388);
         let small = Budget::new(32 << 20);
         assert!(small.dns_entries >= 4096 && small.max_flows >= 1024);
         let huge = Budget::new(1 << 40);

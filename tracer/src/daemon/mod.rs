@@ -205,6 +205,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     p.window = window;
     p.established = args.established;
+    p.summaries.egress_limit = budget.egress_groups;
     let peers = match (args.peer_listen, &args.peer_tls) {
         (Some(listen), Some(dir)) => {
             let ch = peering::start(

@@ -48,6 +48,15 @@ pub struct UserCounters {
     pub summarized_answers: u64,
     /// Established egress connections in summary lines.
     pub summarized_connections: u64,
+    /// Answers the kernel counted that no summary line carries: the interval already had the
+    /// most groups the daemon keeps (a loss).
+    pub summary_groups_dropped: u64,
+    /// Answers found undelivered after the kernel counted them, whose summary was already out
+    /// (that line counted them).
+    pub summary_retractions_unmatched: u64,
+    /// Established connections printed on lines of their own because the interval's egress
+    /// summaries were at their limit (the memory budget's share).
+    pub egress_over_limit: u64,
     /// UDP egress flows not called lost because the kernel's flow table evicted their entry.
     pub egress_evicted: u64,
     /// Answers left out of the summaries because they count the replica's side of a branch-ENI
@@ -403,6 +412,9 @@ impl Pipeline {
     /// Ends the summary interval `[start, end)`: one line per group.
     pub fn emit_summaries(&mut self, start: u64, end: u64) {
         let lines: Vec<Summary> = self.summaries.take(&self.node, start, end);
+        self.user.summary_groups_dropped = self.summaries.dropped_groups;
+        self.user.summary_retractions_unmatched = self.summaries.unmatched_retractions;
+        self.user.egress_over_limit = self.summaries.egress_over_limit;
         for mut s in lines {
             if self.server_side_of_a_branch_eni_pod(&s) {
                 self.user.server_side_answers += s.count;

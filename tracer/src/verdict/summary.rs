@@ -309,6 +309,12 @@ pub struct Summaries {
     pub unmatched_retractions: u64,
     /// Groups dropped because [`MAX_GROUPS`] was reached (counted).
     pub dropped_groups: u64,
+    /// Egress groups per interval at most (0: [`MAX_GROUPS`]); the daemon sets it from its
+    /// memory budget.
+    pub egress_limit: usize,
+    /// Established connections left to lines of their own because the egress groups of the
+    /// interval were at their limit (counted).
+    pub egress_over_limit: u64,
 }
 
 /// Whether an egress verdict says nothing a summary would not: established with complete
@@ -342,8 +348,8 @@ impl Summaries {
     }
 
     /// Counts an established egress connection into the current interval when
-    /// [`summarizable`]. `false`: it was not counted (not summarizable, or [`MAX_GROUPS`]
-    /// destinations already this interval) and needs a line of its own.
+    /// [`summarizable`]. `false`: it was not counted (not summarizable, or the interval has as
+    /// many destinations as [`Summaries::egress_limit`] already) and needs a line of its own.
     pub fn add_established(&mut self, v: &Verdict) -> bool {
         if !summarizable(v) {
             return false;
@@ -352,7 +358,12 @@ impl Summaries {
             return false;
         };
         let group = EgressGroup::of(v);
-        if !self.egress.contains_key(&group) && self.egress.len() >= MAX_GROUPS {
+        let limit = match self.egress_limit {
+            0 => MAX_GROUPS,
+            n => n.min(MAX_GROUPS),
+        };
+        if !self.egress.contains_key(&group) && self.egress.len() >= limit {
+            self.egress_over_limit = self.egress_over_limit.saturating_add(1);
             return false;
         }
         self.egress

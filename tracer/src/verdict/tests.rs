@@ -2497,6 +2497,22 @@ fn only_plain_established_connections_are_summarised() {
         sums.take("node-a", 10, 20).is_empty(),
         "nothing carried over"
     );
+    // At the memory budget's limit of destinations, a connection to one more keeps its own
+    // line (counted); connections to a destination already counted still go in.
+    let mut capped = super::summary::Summaries::default();
+    capped.egress_limit = 1;
+    assert!(capped.add_established(&established));
+    assert!(!capped.add_established(&not(&|v| v.server.port = 443)));
+    assert!(capped.add_established(&established));
+    assert_eq!(capped.egress_over_limit, 1);
+    assert_eq!(
+        capped
+            .take("node-a", 0, 10)
+            .iter()
+            .map(|l| l.count)
+            .collect::<Vec<_>>(),
+        [2]
+    );
     // Metrics count a summarised connection as they count its per-flow line.
     let m = crate::sinks::metrics::Metrics::new();
     m.record(&crate::sinks::Output::Verdict(established.clone()));

@@ -59,13 +59,16 @@ pub const KERNEL_COUNTERS: [&str; 10] = [
 
 /// Userspace counter names (`tracer_userspace_events_total{counter=...}`): the fields of
 /// `run::UserCounters`.
-pub const USER_COUNTERS: [&str; 6] = [
+pub const USER_COUNTERS: [&str; 9] = [
     "decoded",
     "decode_errors",
     "drops_other_node",
     "write_errors",
     "egress_evicted",
     "server_side_answers",
+    "summary_groups_dropped",
+    "summary_retractions_unmatched",
+    "egress_over_limit",
 ];
 
 /// Kubernetes cache states reported by `tracer_k8s_cache_state`.
