@@ -2525,6 +2525,13 @@ fn only_plain_established_connections_are_summarised() {
         "{text}"
     );
     assert!(!text.contains("tracer_dns_answers_total{"), "{text}");
+    // Both feed the handshake histogram of their transport and exit.
+    assert!(
+        text.contains(
+            r#"tracer_egress_handshake_seconds_count{transport="tcp",exit_kind="uplink"} 2"#
+        ),
+        "{text}"
+    );
 }
 
 /// The README's whole JSON lines (not its excerpts) are docs examples, value for value, so they

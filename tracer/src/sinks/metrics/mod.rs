@@ -35,7 +35,7 @@ pub use http::{serve, serve_health};
 use http::HEARTBEAT_MAX;
 
 use registry::{
-    CounterLabels, IfaceCounterLabels, Inner, KINDS, PEER_SERVICE_COUNTERS, PeerLabels,
+    CounterLabels, ExitLabels, IfaceCounterLabels, Inner, KINDS, PEER_SERVICE_COUNTERS, PeerLabels,
     RcodeLabels, ResultLabels, ServerLabels, StateLabels, VERDICTS, VerdictLabels, replica_label,
 };
 
@@ -109,6 +109,40 @@ fn gauge_value(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The labels of the egress handshake histogram.
+fn exit_labels(
+    transport: crate::verdict::Transport,
+    exit: Option<crate::decode::event::IfaceKind>,
+) -> ExitLabels {
+    ExitLabels {
+        transport: match transport {
+            crate::verdict::Transport::Tcp => "tcp",
+            crate::verdict::Transport::Udp => "udp",
+        }
+        .to_owned(),
+        exit_kind: exit.map(|k| k.as_str()).unwrap_or_default().to_owned(),
+    }
+}
+
+/// Adds a summary's latency histogram (the kernel's buckets) to a Prometheus histogram, each
+/// flow at its bucket's midpoint.
+fn observe_buckets(
+    hist: &prometheus_client::metrics::histogram::Histogram,
+    h: &crate::verdict::summary::Histogram,
+) {
+    for (b, n) in h.buckets.iter().enumerate() {
+        if *n == 0 {
+            continue;
+        }
+        let lo = tracer_common::latency_bucket_lower(b) as f64;
+        let hi = tracer_common::latency_bucket_lower(b + 1) as f64;
+        let mid = (lo + hi) / 2.0 / 1e9;
+        for _ in 0..*n {
+            hist.observe(mid);
+        }
+    }
+}
+
 /// A label value: cut to [`MAX_LABEL_LEN`] characters.
 fn label(s: &str) -> String {
     s.chars().take(MAX_LABEL_LEN).collect()
@@ -175,6 +209,17 @@ impl Metrics {
                     v.drop.as_ref().map(|d| d.reason.as_str()),
                     v.where_.interface_kind.map(|k| k.as_str()),
                 );
+                if v.verdict == crate::verdict::VerdictKind::Established
+                    && let Some(ms) = v.egress.as_ref().and_then(|e| e.latency_ms)
+                {
+                    self.inner
+                        .egress_handshake
+                        .get_or_create(&exit_labels(
+                            v.transport,
+                            v.egress_interface.as_ref().map(|e| e.kind),
+                        ))
+                        .observe(ms / 1e3);
+                }
                 if v.verdict == crate::verdict::VerdictKind::Answered
                     && let Some(d) = &v.dns
                     && let (Some(rcode), Some(ms)) = (d.rcode, d.latency_ms)
@@ -268,6 +313,11 @@ impl Metrics {
         };
         self.inner.verdicts.get_or_create(&labels).inc_by(s.count);
         let Some(dns) = &s.dns else {
+            let hist = self.inner.egress_handshake.get_or_create(&exit_labels(
+                s.transport,
+                s.egress_interface.as_ref().map(|e| e.kind),
+            ));
+            observe_buckets(&hist, &s.histogram);
             return;
         };
         let server = label(&replica_label(&s.server.meta, s.server.ip));
@@ -282,17 +332,7 @@ impl Metrics {
             .inner
             .dns_latency
             .get_or_create(&ServerLabels { server });
-        for (b, n) in s.histogram.buckets.iter().enumerate() {
-            if *n == 0 {
-                continue;
-            }
-            let lo = tracer_common::latency_bucket_lower(b) as f64;
-            let hi = tracer_common::latency_bucket_lower(b + 1) as f64;
-            let mid = (lo + hi) / 2.0 / 1e9;
-            for _ in 0..*n {
-                hist.observe(mid);
-            }
-        }
+        observe_buckets(&hist, &s.histogram);
     }
 
     /// Sets one ENA allowance counter of an interface (absolute value).
@@ -467,6 +507,69 @@ mod tests {
 
     fn lines(text: &str) -> Vec<&str> {
         text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    /// Every metric family the daemon serves is in the README's metrics table, under the name
+    /// a user queries (`_total` for counters, `_seconds` for the histograms).
+    #[test]
+    fn readme_documents_every_metric() {
+        let readme = include_str!("../../../../README.md");
+        let m = Metrics::new();
+        // Families appear once they have a series: give each one.
+        m.record_verdict_parts("answered", "dns", None, None);
+        m.set_conntrack([("drop", 1)]);
+        m.set_ena("eth0", "pps_allowance_exceeded", 1);
+        let server = || "198.18.1.30".to_owned();
+        m.inner
+            .dns_answers
+            .get_or_create(&RcodeLabels {
+                server: server(),
+                rcode: "NOERROR".into(),
+            })
+            .inc();
+        m.inner
+            .dns_latency
+            .get_or_create(&ServerLabels { server: server() })
+            .observe(0.001);
+        m.inner
+            .egress_handshake
+            .get_or_create(&exit_labels(crate::verdict::Transport::Tcp, None))
+            .observe(0.001);
+        m.inner
+            .peer_findings
+            .get_or_create(&PeerLabels {
+                finding: "reply_lost".into(),
+                reason: String::new(),
+            })
+            .inc();
+        m.inner
+            .peer_server
+            .get_or_create(&CounterLabels {
+                counter: "asks".into(),
+            })
+            .inc();
+        let text = m.render();
+        let mut families = 0;
+        let mut missing = Vec::new();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut words = line.split_whitespace().skip(2);
+            let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let queried = match kind {
+                "counter" => format!("{name}_total"),
+                _ => name.to_owned(),
+            };
+            if !readme.contains(&format!("| `{queried}` |")) {
+                missing.push(queried);
+            }
+            families += 1;
+        }
+        assert!(
+            missing.is_empty(),
+            "README's metrics table lacks {missing:?}"
+        );
+        assert!(families >= 15, "{text}");
     }
 
     #[test]

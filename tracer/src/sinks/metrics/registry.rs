@@ -37,6 +37,14 @@ pub(super) struct ServerLabels {
     pub(super) server: String,
 }
 
+/// Labels of the egress handshake histogram: transport and the kind of exit interface
+/// (`uplink`, `branch_eni`, `trunk`; empty when the flow did not leave through one).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ExitLabels {
+    pub(super) transport: String,
+    pub(super) exit_kind: String,
+}
+
 /// Counters of the peer service (`tracer_peer_service_total{counter}`).
 pub(super) const PEER_SERVICE_COUNTERS: [&str; 5] =
     ["requests", "asks", "refused", "bad_requests", "busy"];
@@ -49,7 +57,7 @@ pub(super) fn replica_label(m: &crate::verdict::PodMeta, ip: std::net::IpAddr) -
     }
 }
 
-/// Upper bounds of the DNS latency histogram, seconds (0.25 ms … 8 s).
+/// Upper bounds of the DNS latency and egress handshake histograms, seconds (0.25 ms … 8 s).
 fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 16)
 }
@@ -99,6 +107,7 @@ pub(super) struct Inner {
     pub(super) flows_evicted: Counter,
     pub(super) dns_answers: Family<RcodeLabels, Counter>,
     pub(super) dns_latency: Family<ServerLabels, Histogram, fn() -> Histogram>,
+    pub(super) egress_handshake: Family<ExitLabels, Histogram, fn() -> Histogram>,
     pub(super) ready: AtomicBool,
     /// When the daemon's main loop last went round (`CLOCK_MONOTONIC` s; 0 before the first).
     pub(super) heartbeat: AtomicU64,
@@ -196,6 +205,14 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             dns_latency.clone(),
         );
+        let egress_handshake: Family<ExitLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register_with_unit(
+            "egress_handshake",
+            "Handshake latency of established egress connections (SYN or first UDP packet seen to the first reply delivered to the pod), per transport and kind of exit interface",
+            prometheus_client::registry::Unit::Seconds,
+            egress_handshake.clone(),
+        );
         let peer_findings = Family::<PeerLabels, Counter>::default();
         registry.register(
             "peer_findings",
@@ -247,6 +264,7 @@ impl Metrics {
                 flows_evicted,
                 dns_answers,
                 dns_latency,
+                egress_handshake,
                 ready: AtomicBool::new(false),
                 heartbeat: AtomicU64::new(0),
                 observe_stats: Mutex::new(None),
