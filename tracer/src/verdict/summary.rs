@@ -351,10 +351,12 @@ impl Summaries {
     /// [`summarizable`]. `false`: it was not counted (not summarizable, or the interval has as
     /// many destinations as [`Summaries::egress_limit`] already) and needs a line of its own.
     pub fn add_established(&mut self, v: &Verdict) -> bool {
-        if !summarizable(v) {
-            return false;
-        }
-        let Some(ms) = v.egress.as_ref().and_then(|e| e.latency_ms) else {
+        let Some(ms) = v
+            .egress
+            .as_ref()
+            .and_then(|e| e.latency_ms)
+            .filter(|_| summarizable(v))
+        else {
             return false;
         };
         let group = EgressGroup::of(v);
