@@ -383,6 +383,87 @@ fn row10_nxdomain_is_an_answer() {
     assert_eq!(v["dns"]["rcode"], "NXDOMAIN");
 }
 
+/// A healthy connection from an address that is not its pod's (a misconfigured pod: an extra
+/// address on its interface, routed back to its veth, so the handshake completes) is not
+/// counted into the default summary of established connections: it gets a line of its own with
+/// `client.veth_pod` and no pod name, like any flow whose source is not its veth's pod.
+#[test]
+fn a_healthy_connection_from_an_address_not_its_pods_keeps_its_own_line() {
+    if !privileged() {
+        return;
+    }
+    let topology = lab::topology_path().to_string_lossy().into_owned();
+    let (guard, tracer) = lab_with_tracer(
+        lab::Pin::A,
+        &[],
+        &[
+            "--window",
+            WINDOW,
+            "--summary-interval",
+            "2s",
+            "--lab-metadata",
+            &topology,
+        ],
+    );
+    let topo = guard.topology().clone();
+    let client = topo.pod("default", "client").expect("client").clone();
+    let [a, b, c, _] = client.ip.octets();
+    let extra = std::net::Ipv4Addr::new(a, b, c, 250);
+    assert!(
+        topo.pods.iter().all(|p| p.ip != extra),
+        "{extra} must belong to no pod"
+    );
+    let extra = extra.to_string();
+    lab::exec_in(
+        &client.netns,
+        &["ip", "addr", "add", &format!("{extra}/32"), "dev", "eth0"],
+    )
+    .expect("address added");
+    lab::exec_in(
+        lab::NS_NODE_A,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{extra}/32"),
+            "dev",
+            &client.host_veth,
+        ],
+    )
+    .expect("route back to the veth");
+    let port = 8083u16;
+    let mut listener = xtask::egress_load::listen(None, port).expect("listener");
+    let connect = format!(
+        "import socket; s = socket.socket(); s.bind(('{extra}', 0)); \
+         s.connect(('203.0.113.80', {port})); s.close()"
+    );
+    let out = lab::exec_in(&client.netns, &["python3", "-c", &connect]).expect("python runs");
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(
+        out.status.success(),
+        "the connection must succeed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = tracer
+        .wait_for(VERDICT_WAIT, |v| {
+            v["kind"] == "egress" && v["server"]["port"] == port && v["client"]["ip"] == extra
+        })
+        .unwrap_or_else(|| panic!("no line of its own: {:#?}", tracer.lines()));
+    assert!(v["record"].is_null(), "not a summary line: {v:#}");
+    assert_eq!(v["verdict"], "established", "{v:#}");
+    assert_eq!(v["client"]["veth_pod"], "default/client", "{v:#}");
+    assert!(v["client"]["pod"].is_null(), "{v:#}");
+    assert!(
+        v["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("not attributed")),
+        "{v:#}"
+    );
+    drop(tracer);
+    drop(guard);
+}
+
 /// A query that enters the client pod's veth with a source address that is not the client's
 /// (here the branch-ENI pod's address, added to the client's interface) is not attributed to
 /// the pod that owns the address: `client.pod` stays empty, `client.veth_pod` names the pod

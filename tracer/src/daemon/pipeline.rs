@@ -12,7 +12,7 @@ use crate::{
     },
     enrich::{
         MetaCache,
-        finalize::{Facts, finalize},
+        finalize::{Facts, finalize, hint, source_not_its_pod},
     },
     peer::{Parking, answer::LocalFacts, client::Outcome, ledger::FactsLedger},
     sinks::{Output, Sinks},
@@ -21,7 +21,6 @@ use crate::{
         summary::{Summaries, Summary, SummaryGroup},
     },
 };
-use std::net::SocketAddr;
 use tracer_common::{FLOW_TABLE_ENTRIES, FlowKey, FlowStats};
 
 /// IP protocol number of UDP.
@@ -108,10 +107,7 @@ pub fn evicted_while_open(v: &Verdict, flows: &FlowProbe<'_>) -> bool {
         if !makes_entries {
             return false;
         }
-        let (Ok(src), Ok(dst)) = (p.src.parse::<SocketAddr>(), p.dst.parse::<SocketAddr>()) else {
-            // Cannot check: take the safe side.
-            return true;
-        };
+        let (src, dst) = (p.src, p.dst);
         let seen = v.start_ns.saturating_add((p.t_ms * 1e6).round() as u64);
         let key = FlowKey::new(
             (wire_addr(src.ip()), src.port()),
@@ -355,10 +351,16 @@ impl Pipeline {
                 hooks,
                 wall: &|t| clock.wall_rfc3339(t),
             };
-            finalize(&mut v, &facts);
-            if self.established != HealthyMode::Flows && self.summaries.add_established(&v) {
-                continue;
+            // A healthy connection counted into a summary needs no names, time or hint of its
+            // own: only the check that its source is its veth's pod decides whether it is.
+            if self.established != HealthyMode::Flows && v.verdict == VerdictKind::Established {
+                source_not_its_pod(&mut v, &self.meta);
+                if self.summaries.add_established(&v) {
+                    continue;
+                }
             }
+            finalize(&mut v, &facts);
+            hint(&mut v);
             if let Some(park) = self.parking.as_mut()
                 && let Some(node) = park.peer_node(&v).map(str::to_owned)
             {
@@ -387,7 +389,7 @@ impl Pipeline {
 
     /// A verdict whose peer answer is in: its hint names the direction now.
     fn publish_with_peer(&mut self, mut v: Verdict) {
-        v.hint = crate::verdict::hint::render(&v);
+        hint(&mut v);
         self.publish_verdict(v);
     }
 

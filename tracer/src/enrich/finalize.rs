@@ -1,9 +1,12 @@
 //! The one place a verdict (or summary) is finished before the sinks: wall-clock time,
 //! Kubernetes names (client pod, server pod — the CoreDNS replica —, the Service it was reached
 //! through, nodes, the branch ENI of pods with security groups) and, last, the hint, rendered
-//! once from the final fields. Every line says how current the names are (`enrichment`: ready,
+//! once from the final fields ([`hint`], only for a verdict that gets a line of its own: a
+//! healthy connection counted into a summary needs none). Every line says how current the names are (`enrichment`: ready,
 //! static, syncing, stale, disabled), so a SIEM can tell "no name" from "names unknown because
 //! the API was down". Nothing edits a line after this.
+
+use std::sync::Arc;
 
 use crate::{
     capture::hooks::HookTable,
@@ -38,8 +41,9 @@ pub struct Facts<'a> {
     pub wall: &'a dyn Fn(u64) -> Option<String>,
 }
 
-/// Finishes `v`: its wall-clock time, Kubernetes names from the cache (empty where unknown),
-/// the programs at the hook of a drop by a tc program, and last the hint.
+/// Finishes `v` but for its hint: its wall-clock time, Kubernetes names from the cache (empty
+/// where unknown), the programs at the hook of a drop by a tc program, and the finding about
+/// its own node. [`hint`] comes last, once the verdict is known to get a line of its own.
 pub fn finalize(v: &mut Verdict, f: &Facts<'_>) {
     v.time = (f.wall)(v.start_ns);
     annotate(v, f.meta);
@@ -51,7 +55,29 @@ pub fn finalize(v: &mut Verdict, f: &Facts<'_>) {
     if let Some(own) = crate::peer::own_node_finding(v, f.wall) {
         v.peer = Some(own);
     }
+}
+
+/// Renders `v`'s hint from its final fields.
+pub fn hint(v: &mut Verdict) {
     v.hint = crate::verdict::hint::render(v);
+}
+
+/// The pod whose veth a request entered through with a source address that is not that pod's
+/// (named in `client.veth_pod`): such a request belongs to no one we can name, never to the
+/// address's owner. The one name a healthy connection needs before it is known whether it is
+/// counted into a summary (see [`crate::verdict::summary::summarizable`]): the rest of
+/// [`finalize`] is spent only on lines that go out.
+pub fn source_not_its_pod(v: &mut Verdict, meta: &MetaCache) -> Option<Arc<KubePod>> {
+    if matches!(meta.state(), crate::enrich::CacheState::Disabled) {
+        return None;
+    }
+    let entered = (v.facts.client_side == ClientSide::Pod)
+        .then_some(v.facts.first_iface.as_deref())
+        .flatten()
+        .and_then(|ifname| meta.pod_by_host_veth(ifname))
+        .filter(|p| !p.host_network && !p.ips.is_empty() && !p.ips.contains(&v.client.ip))?;
+    v.client.veth_pod = Some(format!("{}/{}", entered.namespace, entered.name));
+    Some(entered)
 }
 
 /// Fills the Kubernetes fields of `v` from the cache; leaves them empty where unknown.
@@ -59,16 +85,9 @@ fn annotate(v: &mut Verdict, meta: &MetaCache) {
     let state = meta.state();
     v.enrichment = Some(state.as_str().to_owned());
     if !matches!(state, crate::enrich::CacheState::Disabled) {
-        // A request that entered through a pod's veth with a source address that is not that
-        // pod's belongs to no one we can name: never to the address's owner.
-        let entered = (v.facts.client_side == ClientSide::Pod)
-            .then_some(v.facts.first_iface.as_deref())
-            .flatten()
-            .and_then(|ifname| meta.pod_by_host_veth(ifname))
-            .filter(|p| !p.host_network && !p.ips.is_empty() && !p.ips.contains(&v.client.ip));
+        let entered = source_not_its_pod(v, meta);
         let client = match &entered {
             Some(p) => {
-                v.client.veth_pod = Some(format!("{}/{}", p.namespace, p.name));
                 v.client.meta.node = p.node.clone();
                 None
             }

@@ -7,7 +7,7 @@
 //! [`Verdict::enrichment`]) and then renders the hint (`hint::render`) so it names pods
 //! and nodes instead of bare addresses.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
@@ -200,10 +200,12 @@ pub struct PathEntry {
     pub interface_kind: Option<IfaceKind>,
     /// Direction of the packet.
     pub direction: Direction,
-    /// Source `ip:port` as seen there (for ICMP errors: of the quoted packet).
-    pub src: String,
+    /// Source `ip:port` as seen there (for ICMP errors: of the quoted packet). Kept as an
+    /// address and written out as text only when the line is: most healthy flows end in a
+    /// summary and never are.
+    pub src: SocketAddr,
     /// Destination `ip:port` as seen there (for ICMP errors: of the quoted packet).
-    pub dst: String,
+    pub dst: SocketAddr,
     /// Attempt number: 0 for the first query/SYN, 1.. for client retries and TCP fallback.
     pub attempt: u32,
     /// What happened there: translations, flags, rcode, drop reason, ICMP type.

@@ -226,8 +226,8 @@ pub(super) fn path(flow: &Flow, start: u64) -> Vec<PathEntry> {
             interface: s.iface_name(),
             interface_kind: s.iface_kind(),
             direction: s.dir,
-            src: s.src.to_string(),
-            dst: s.dst.to_string(),
+            src: s.src,
+            dst: s.dst,
             attempt: u32::try_from(*ai).unwrap_or(u32::MAX),
             note: (!parts.is_empty()).then(|| parts.join("; ")),
         });
