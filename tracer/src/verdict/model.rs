@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 
 use crate::capture::hooks::HookProgram;
-use crate::decode::event::{Hook, IcmpKind, IfaceKind, QType, Rcode};
+use crate::decode::event::{Hook, IcmpKind, IfaceKind, QType, Rcode, TcpFlags};
 
 /// Value of [`Verdict::schema`].
 pub const SCHEMA: &str = "tracer.flow/v1";
@@ -209,7 +209,93 @@ pub struct PathEntry {
     /// Attempt number: 0 for the first query/SYN, 1.. for client retries and TCP fallback.
     pub attempt: u32,
     /// What happened there: translations, flags, rcode, drop reason, ICMP type.
-    pub note: Option<String>,
+    pub note: Option<PathNote>,
+}
+
+/// What happened at a hop of the path, in parts joined by `; ` (`snat 10.0.0.5:40000→…`,
+/// `SYN`, `NOERROR, 1 answer`). Kept as facts and written out as text only when the line is:
+/// most healthy flows end in a summary and never are.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PathNote(pub Vec<NotePart>);
+
+/// One part of a [`PathNote`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum NotePart {
+    /// The first sighting of a client retry (`retry #n`).
+    Retry(usize),
+    /// The first sighting of the TCP fallback.
+    TcpFallback,
+    /// An address translation since the previous sighting: what (`dnat`, `un-snat`, …), from,
+    /// to (ports left out when they are the same).
+    Nat(&'static str, SocketAddr, SocketAddr),
+    /// TCP flags of a control segment.
+    Flags(TcpFlags),
+    /// A DNS response.
+    Answer {
+        /// Response code (null: not readable).
+        rcode: Option<Rcode>,
+        /// Answer records.
+        answers: u16,
+        /// TC bit.
+        truncated: bool,
+    },
+    /// An ICMP error.
+    Icmp(IcmpKind),
+    /// Anything else, already text (drops: rare, and their reason is text already).
+    Text(String),
+    /// The VLAN tag the packet carried.
+    Vlan(u16),
+}
+
+impl std::fmt::Display for NotePart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Retry(n) => write!(f, "retry #{n}"),
+            Self::TcpFallback => f.write_str("tcp fallback"),
+            Self::Nat(what, a, b) if a.port() == b.port() => {
+                write!(f, "{what} {}→{}", a.ip(), b.ip())
+            }
+            Self::Nat(what, a, b) => write!(f, "{what} {a}→{b}"),
+            Self::Flags(fl) => write!(f, "{fl}"),
+            Self::Answer {
+                rcode,
+                answers,
+                truncated,
+            } => {
+                match rcode {
+                    Some(r) => write!(f, "{r}")?,
+                    None => f.write_str("answer")?,
+                }
+                let plural = if *answers == 1 { "" } else { "s" };
+                write!(f, ", {answers} answer{plural}")?;
+                if *truncated {
+                    f.write_str("; truncated (TC)")?;
+                }
+                Ok(())
+            }
+            Self::Icmp(k) => write!(f, "icmp {k}"),
+            Self::Text(t) => f.write_str(t),
+            Self::Vlan(v) => write!(f, "vlan {v}"),
+        }
+    }
+}
+
+impl std::fmt::Display for PathNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, part) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{part}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for PathNote {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// A kernel drop (present iff `verdict` is `dropped`).

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use crate::decode::event::{Hook, IfaceKind, TcpFlags};
 
 use super::super::flow::{Attempt, AttemptKind, Detail, Flow, Sighting};
-use super::super::model::{FlowKind, PathEntry, Stage, Transport};
+use super::super::model::{FlowKind, NotePart, PathEntry, PathNote, Stage, Transport};
 use super::outcome::sorted;
 
 /// The stage of the path a sighting stands for (drops: from the reason and location).
@@ -118,15 +118,6 @@ pub(super) fn flow_key(
     }
 }
 
-/// `a→b`, ports left out when they are the same.
-fn addr_change(a: SocketAddr, b: SocketAddr) -> String {
-    if a.port() == b.port() {
-        format!("{}→{}", a.ip(), b.ip())
-    } else {
-        format!("{a}→{b}")
-    }
-}
-
 /// The drop reason the kernel gives packets it frees in bulk because their socket is being
 /// torn down (`QUEUE_PURGE`: a closed TCP socket's queues), not because the network lost them.
 pub(super) fn is_teardown(reason: &str) -> bool {
@@ -146,11 +137,11 @@ pub(super) fn path(flow: &Flow, start: u64) -> Vec<PathEntry> {
     let mut out = Vec::with_capacity(all.len());
     for (k, (ai, s)) in all.iter().enumerate() {
         let before = all.get(..k).unwrap_or_default();
-        let mut parts: Vec<String> = Vec::new();
+        let mut parts: Vec<NotePart> = Vec::new();
         if *ai > 0 && !before.iter().any(|(j, _)| j == ai) {
             match flow.attempts.get(*ai).map(|a| a.kind) {
-                Some(AttemptKind::Fallback) => parts.push("tcp fallback".into()),
-                _ => parts.push(format!("retry #{ai}")),
+                Some(AttemptKind::Fallback) => parts.push(NotePart::TcpFallback),
+                _ => parts.push(NotePart::Retry(*ai)),
             }
         }
         // Address translations since the previous sighting of the same attempt and orientation.
@@ -164,35 +155,23 @@ pub(super) fn path(flow: &Flow, start: u64) -> Vec<PathEntry> {
             .find(|(j, x)| j == ai && group(x) == group(s))
             .filter(|_| s.hook != Hook::Ingress)
         {
-            match (s.quoted, s.dir) {
-                (false, Request) => {
-                    if p.dst != s.dst {
-                        parts.push(format!("dnat {}", addr_change(p.dst, s.dst)));
-                    }
-                    if p.src != s.src {
-                        parts.push(format!("snat {}", addr_change(p.src, s.src)));
-                    }
-                }
-                (false, Response) => {
-                    if p.src != s.src {
-                        parts.push(format!("un-dnat {}", addr_change(p.src, s.src)));
-                    }
-                    if p.dst != s.dst {
-                        parts.push(format!("un-snat {}", addr_change(p.dst, s.dst)));
-                    }
-                }
-                (true, _) => {
-                    if p.dst != s.dst {
-                        parts.push(format!("quoted dst un-dnat {}", addr_change(p.dst, s.dst)));
-                    }
-                    if p.src != s.src {
-                        parts.push(format!("quoted src un-snat {}", addr_change(p.src, s.src)));
-                    }
-                }
+            let (dst, src) = match (s.quoted, s.dir) {
+                (false, Request) => ("dnat", "snat"),
+                (false, Response) => ("un-snat", "un-dnat"),
+                (true, _) => ("quoted dst un-dnat", "quoted src un-snat"),
+            };
+            let dst_change = (p.dst != s.dst).then_some(NotePart::Nat(dst, p.dst, s.dst));
+            let src_change = (p.src != s.src).then_some(NotePart::Nat(src, p.src, s.src));
+            // A response names its source change (the replica's address back to the Service's)
+            // first.
+            if (s.quoted, s.dir) == (false, Response) {
+                parts.extend(src_change.into_iter().chain(dst_change));
+            } else {
+                parts.extend(dst_change.into_iter().chain(src_change));
             }
         }
         if s.flags.0 & (TcpFlags::SYN | TcpFlags::RST | TcpFlags::FIN) != 0 {
-            parts.push(s.flags.to_string());
+            parts.push(NotePart::Flags(s.flags));
         }
         match &s.detail {
             Detail::None => {}
@@ -200,25 +179,25 @@ pub(super) fn path(flow: &Flow, start: u64) -> Vec<PathEntry> {
                 rcode,
                 answers,
                 truncated,
-            } => {
-                let r = rcode.map_or("answer".to_owned(), |r| r.to_string());
-                let plural = if *answers == 1 { "" } else { "s" };
-                parts.push(format!("{r}, {answers} answer{plural}"));
-                if *truncated {
-                    parts.push("truncated (TC)".into());
-                }
-            }
-            Detail::Icmp(k) => parts.push(format!("icmp {k}")),
+            } => parts.push(NotePart::Answer {
+                rcode: *rcode,
+                answers: *answers,
+                truncated: *truncated,
+            }),
+            Detail::Icmp(k) => parts.push(NotePart::Icmp(*k)),
             // A socket's queues freed as it closes (a TCP connection's FIN after the client
             // read its answer) are not where traffic died: said so, not called a drop.
-            Detail::Drop(d) if is_teardown(&d.reason) => parts.push(format!(
+            Detail::Drop(d) if is_teardown(&d.reason) => parts.push(NotePart::Text(format!(
                 "freed as the socket closed ({} at {}), not a network drop",
                 d.reason, d.location
-            )),
-            Detail::Drop(d) => parts.push(format!("drop {} at {}", d.reason, d.location)),
+            ))),
+            Detail::Drop(d) => parts.push(NotePart::Text(format!(
+                "drop {} at {}",
+                d.reason, d.location
+            ))),
         }
         if let Some(v) = s.vlan {
-            parts.push(format!("vlan {v}"));
+            parts.push(NotePart::Vlan(v));
         }
         out.push(PathEntry {
             t_ms: ms(s.ts.saturating_sub(start)),
@@ -229,7 +208,7 @@ pub(super) fn path(flow: &Flow, start: u64) -> Vec<PathEntry> {
             src: s.src,
             dst: s.dst,
             attempt: u32::try_from(*ai).unwrap_or(u32::MAX),
-            note: (!parts.is_empty()).then(|| parts.join("; ")),
+            note: (!parts.is_empty()).then_some(PathNote(parts)),
         });
     }
     out
