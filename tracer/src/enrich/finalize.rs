@@ -2,9 +2,9 @@
 //! Kubernetes names (client pod, server pod — the CoreDNS replica —, the Service it was reached
 //! through, nodes, the branch ENI of pods with security groups) and, last, the hint, rendered
 //! once from the final fields ([`hint`], only for a verdict that gets a line of its own: a
-//! healthy connection counted into a summary needs none). Every line says how current the names are (`enrichment`: ready,
-//! static, syncing, stale, disabled), so a SIEM can tell "no name" from "names unknown because
-//! the API was down". Nothing edits a line after this.
+//! healthy connection counted into a summary needs none). Every line says how current the
+//! names are (`enrichment`: ready, static, syncing, stale, disabled), so a SIEM can tell "no
+//! name" from "names unknown because the API was down". Nothing edits a line after this.
 
 use std::sync::Arc;
 
