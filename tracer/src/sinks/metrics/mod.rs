@@ -115,11 +115,7 @@ fn exit_labels(
     exit: Option<crate::decode::event::IfaceKind>,
 ) -> ExitLabels {
     ExitLabels {
-        transport: match transport {
-            crate::verdict::Transport::Tcp => "tcp",
-            crate::verdict::Transport::Udp => "udp",
-        }
-        .to_owned(),
+        transport: transport.as_str().to_owned(),
         exit_kind: exit.map(|k| k.as_str()).unwrap_or_default().to_owned(),
     }
 }
