@@ -215,7 +215,7 @@ pub struct PathEntry {
 /// What happened at a hop of the path, in parts joined by `; ` (`snat 10.0.0.5:40000→…`,
 /// `SYN`, `NOERROR, 1 answer`). Kept as facts and written out as text only when the line is:
 /// most healthy flows end in a summary and never are.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PathNote(pub Vec<NotePart>);
 
 /// One part of a [`PathNote`].
